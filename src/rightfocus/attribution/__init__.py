@@ -1,0 +1,27 @@
+"""Attribution methods behind one call: ``attribute(model, x, target, method=...)``."""
+
+from rightfocus.attribution import cam, gradient
+from rightfocus.attribution.base import Attribution, attribute, check_input, register_method
+from rightfocus.attribution.cam import GradCAM
+from rightfocus.attribution.gradient import (
+    DeconvNet,
+    GuidedBackprop,
+    InputXGradient,
+    IntegratedGradients,
+    Saliency,
+)
+
+__all__ = [
+    "Attribution",
+    "DeconvNet",
+    "GradCAM",
+    "GuidedBackprop",
+    "InputXGradient",
+    "IntegratedGradients",
+    "Saliency",
+    "attribute",
+    "cam",
+    "check_input",
+    "gradient",
+    "register_method",
+]

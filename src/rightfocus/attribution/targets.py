@@ -1,0 +1,90 @@
+"""What an attribution explains: a class index per sample, the predicted class, or a callable.
+
+``target`` may be
+- ``None``: the class the model predicts for each sample,
+- an ``int``: the same class for every sample,
+- a ``(B,)`` integer tensor: one class per sample,
+- a callable ``f(outputs) -> (B,)`` tensor of per-sample scores (e.g. a log-probability).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Union
+
+import torch
+from torch import Tensor
+
+__all__ = ["Target", "check_target", "fix_target", "select"]
+
+Target = Union[None, int, Tensor, Callable[[Tensor], Tensor]]
+
+
+def check_target(target: Target, batch_size: int) -> None:
+    """Validate what can be checked before the forward pass (type, length, dtype)."""
+    if target is None or callable(target) and not isinstance(target, Tensor):
+        return
+    if isinstance(target, bool):
+        raise TypeError("target must be an int class index, a (B,) long tensor, a callable or None")
+    if isinstance(target, int):
+        if target < 0:
+            raise ValueError(f"target class index must be >= 0, got {target}")
+        return
+    if isinstance(target, Tensor):
+        if target.dtype.is_floating_point or target.dtype == torch.bool:
+            raise TypeError(f"target tensor must hold integer class indices, got {target.dtype}")
+        if target.dim() != 1 or target.shape[0] != batch_size:
+            raise ValueError(
+                f"target must have shape ({batch_size},) to match the batch, got "
+                f"{tuple(target.shape)}"
+            )
+        return
+    raise TypeError(
+        "target must be None, an int, a (B,) long tensor or a callable on the outputs, not "
+        f"{type(target).__name__}"
+    )
+
+
+def _class_indices(outputs: Tensor, target: int | Tensor) -> Tensor:
+    if outputs.dim() != 2:
+        raise ValueError(
+            f"Class targets need model outputs of shape (B, classes), got {tuple(outputs.shape)}; "
+            "pass a callable target for other outputs"
+        )
+    n = outputs.shape[1]
+    if isinstance(target, int):
+        idx = torch.full((outputs.shape[0],), target, dtype=torch.long, device=outputs.device)
+    else:
+        idx = target.to(device=outputs.device, dtype=torch.long)
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
+        raise ValueError(f"target class index out of range: the model has {n} outputs (0..{n - 1})")
+    return idx
+
+
+def fix_target(outputs: Tensor, target: Target) -> Tensor | Callable[[Tensor], Tensor]:
+    """Resolve ``None`` to the predicted classes of ``outputs``; validate indices."""
+    if target is None:
+        if outputs.dim() != 2:
+            raise ValueError(
+                f"target=None means the predicted class, which needs (B, classes) outputs; got "
+                f"{tuple(outputs.shape)}. Pass a callable target instead."
+            )
+        return outputs.detach().argmax(dim=1)
+    if isinstance(target, (int, Tensor)):
+        return _class_indices(outputs, target)
+    return target
+
+
+def select(outputs: Tensor, target: Target) -> Tensor:
+    """Per-sample scalar scores ``(B,)`` for ``target`` (``None`` = predicted class)."""
+    fixed = fix_target(outputs, target)
+    if isinstance(fixed, Tensor):
+        return outputs.gather(1, fixed[:, None]).squeeze(1)
+    scores = fixed(outputs)
+    if not isinstance(scores, Tensor) or scores.shape != outputs.shape[:1]:
+        got = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+        raise ValueError(
+            f"A callable target must return one score per sample, shape ({outputs.shape[0]},); "
+            f"got {got}"
+        )
+    return scores

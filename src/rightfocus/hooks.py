@@ -1,0 +1,215 @@
+"""The only place that registers hooks on, or changes, a user's model.
+
+Every helper here is a context manager that scopes its change and restores the model in
+``finally`` (also when the body raises): hooks are removed, patched ``forward`` methods are
+deleted, ``requires_grad`` flags and per-module train/eval flags are put back as they were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "ActivationCapture",
+    "capture_activations",
+    "count_hooks",
+    "eval_mode",
+    "frozen_parameters",
+    "patched_forward",
+    "relu_backward_rule",
+]
+
+
+@contextmanager
+def eval_mode(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode inside the block; restore every module's own flag after."""
+    if not enabled:
+        yield model
+        return
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield model
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+@contextmanager
+def frozen_parameters(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
+    """Turn off ``requires_grad`` on the model's parameters inside the block.
+
+    Attribution without ``create_graph`` only needs gradients with respect to the input; freezing
+    the parameters keeps autograd from saving what weight gradients would need.
+    """
+    if not enabled:
+        yield model
+        return
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for p in frozen:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+@dataclass
+class ActivationCapture:
+    """Outputs of the captured modules from the most recent forward pass, by module."""
+
+    modules: list[nn.Module]
+    outputs: dict[int, Tensor] = field(default_factory=dict)
+
+    def __getitem__(self, module: nn.Module) -> Tensor:
+        try:
+            return self.outputs[id(module)]
+        except KeyError:
+            raise RuntimeError(
+                f"No activation was captured for {type(module).__name__}: the model's forward pass "
+                "did not call this layer. Choose a layer that the forward pass uses."
+            ) from None
+
+
+@contextmanager
+def capture_activations(
+    model: nn.Module,
+    modules: Iterable[nn.Module],
+    transform: Callable[[nn.Module, Tensor], Tensor | None] | None = None,
+) -> Iterator[ActivationCapture]:
+    """Record the output of each of ``modules`` on every forward pass inside the block.
+
+    Args:
+        model: the model the modules belong to (kept for symmetry and error messages).
+        modules: the layers whose outputs to record.
+        transform: optional ``f(module, output) -> new_output or None``; a tensor it returns
+            replaces the layer's output in the forward pass (and is what gets recorded).
+    """
+    del model
+    capture = ActivationCapture(list(modules))
+    handles = []
+
+    def hook(module: nn.Module, _inputs: Any, output: Any) -> Tensor | None:
+        if not isinstance(output, Tensor):
+            raise TypeError(
+                f"{type(module).__name__} returned {type(output).__name__}; only layers that "
+                "return a single tensor can be captured"
+            )
+        new = transform(module, output) if transform is not None else None
+        capture.outputs[id(module)] = output if new is None else new
+        return new
+
+    try:
+        for module in capture.modules:
+            handles.append(module.register_forward_hook(hook))
+        yield capture
+    finally:
+        for handle in handles:
+            handle.remove()
+        capture.outputs.clear()
+
+
+@contextmanager
+def patched_forward(
+    module: nn.Module, make_forward: Callable[[Callable[..., Any]], Callable[..., Any]]
+) -> Iterator[nn.Module]:
+    """Replace ``module.forward`` by ``make_forward(original_forward)`` inside the block."""
+    had_own = "forward" in module.__dict__
+    previous = module.__dict__.get("forward")
+    original = module.forward
+    try:
+        module.forward = make_forward(original)  # type: ignore[method-assign]
+        yield module
+    finally:
+        if had_own:
+            module.forward = previous  # type: ignore[method-assign]
+        else:
+            del module.forward
+
+
+class _GuidedReLU(torch.autograd.Function):
+    """ReLU whose backward passes only positive gradients where the input was positive.
+
+    Springenberg et al. 2015, "Striving for Simplicity": R_in = (x > 0) * max(R_out, 0).
+    The backward is written in differentiable ops so double backward works.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        out = x.clamp(min=0)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (out,) = ctx.saved_tensors
+        return grad.clamp(min=0) * (out > 0).to(grad.dtype)
+
+
+class _DeconvReLU(torch.autograd.Function):
+    """ReLU whose backward is ReLU of the gradient (Zeiler & Fergus 2014, DeconvNet)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return grad.clamp(min=0)
+
+
+_RELU_RULES: dict[str, type[torch.autograd.Function]] = {
+    "guided": _GuidedReLU,
+    "deconvnet": _DeconvReLU,
+}
+
+
+@contextmanager
+def relu_backward_rule(model: nn.Module, rule: str) -> Iterator[nn.Module]:
+    """Swap the backward rule of every ``nn.ReLU`` module in ``model`` inside the block.
+
+    ``rule`` is ``"guided"`` (guided backpropagation) or ``"deconvnet"``. Functional ``F.relu``
+    calls inside a model's ``forward`` cannot be reached; a model without any ``nn.ReLU`` module
+    is refused so that the caller does not silently get plain gradients.
+    """
+    if rule not in _RELU_RULES:
+        raise ValueError(f"Unknown ReLU backward rule {rule!r}; use one of {sorted(_RELU_RULES)}")
+    fn = _RELU_RULES[rule]
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    if not relus:
+        raise ValueError(
+            f"The {rule!r} rule replaces the backward pass of nn.ReLU modules, but the model has "
+            "none (functional F.relu calls cannot be overridden). Use nn.ReLU modules."
+        )
+
+    def make(_original: Callable[..., Any]) -> Callable[..., Any]:
+        return lambda x: fn.apply(x)
+
+    with ExitStack() as stack:
+        for relu in relus:
+            stack.enter_context(patched_forward(relu, make))
+        yield model
+
+
+def count_hooks(model: nn.Module) -> int:
+    """Number of hooks and patched ``forward`` methods on ``model`` (0 for an untouched model)."""
+    total = 0
+    for m in model.modules():
+        for attr in (
+            "_forward_hooks",
+            "_forward_pre_hooks",
+            "_backward_hooks",
+            "_backward_pre_hooks",
+            "_state_dict_hooks",
+            "_load_state_dict_pre_hooks",
+        ):
+            total += len(getattr(m, attr, {}))
+        total += int("forward" in m.__dict__)
+    return total
