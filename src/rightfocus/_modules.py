@@ -29,7 +29,7 @@ def last_conv(model: nn.Module) -> nn.Module:
 
 
 def resolve_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
-    """Turn ``layer`` (module, dotted name, or None for the last conv) into a module of ``model``."""
+    """Turn ``layer`` (module, dotted name, or None = last conv) into a module of ``model``."""
     if layer is None:
         return last_conv(model)
     if isinstance(layer, nn.Module):
@@ -48,4 +48,6 @@ def resolve_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
             f"{', '.join(convs) if convs else '(none)'}; "
             "see model.named_modules() for every name."
         )
-    raise TypeError(f"layer must be an nn.Module, a dotted name or None, not {type(layer).__name__}")
+    raise TypeError(
+        f"layer must be an nn.Module, a dotted name or None, not {type(layer).__name__}"
+    )

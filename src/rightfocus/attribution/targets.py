@@ -17,12 +17,12 @@ from torch import Tensor
 
 __all__ = ["Target", "check_target", "fix_target", "select"]
 
-Target = Union[None, int, Tensor, Callable[[Tensor], Tensor]]
+Target = Union[None, int, Tensor, Callable[[Tensor], Tensor]]  # noqa: UP007
 
 
 def check_target(target: Target, batch_size: int) -> None:
     """Validate what can be checked before the forward pass (type, length, dtype)."""
-    if target is None or callable(target) and not isinstance(target, Tensor):
+    if target is None or (callable(target) and not isinstance(target, Tensor)):
         return
     if isinstance(target, bool):
         raise TypeError("target must be an int class index, a (B,) long tensor, a callable or None")

@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import Tensor
 
 __all__ = ["attribution_grid", "to_heatmap"]
@@ -72,4 +71,3 @@ def attribution_grid(
         fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
     return path
-
