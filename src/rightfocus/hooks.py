@@ -130,7 +130,7 @@ def patched_forward(
         yield module
     finally:
         if had_own:
-            module.forward = previous  # type: ignore[method-assign]
+            module.forward = previous  # type: ignore[method-assign,assignment]
         else:
             del module.forward
 
@@ -228,8 +228,8 @@ def sampling(model: nn.Module, enabled: bool | None = True) -> Iterator[nn.Modul
     previous = [m.sample for m in layers]
     try:
         for m in layers:
-            m.sample = enabled
+            setattr(m, "sample", enabled)  # noqa: B010
         yield model
     finally:
         for m, value in zip(layers, previous):
-            m.sample = value
+            setattr(m, "sample", value)  # noqa: B010
