@@ -1,0 +1,337 @@
+"""Aggregate runs on disk into one queryable table and a self-contained HTML/Markdown report.
+
+A run folder ``runs/<experiment>/<run>/`` holds ``config.yaml`` (the resolved config) and
+``metrics.json`` (final test metrics), TensorBoard events and figures (``*.png``).
+:func:`load_runs` turns a tree of them into a pandas DataFrame with one row per run: the
+config flattened to dotted columns (``data.variant``, ``optim.lr``, ...), a ``method`` column
+naming the guidance ("none" when empty), and one column per metric.
+
+Example (the thesis' question "best accuracy for gradcam++ on dogs with threshold 0.5"):
+    >>> runs = load_runs("runs")  # doctest: +SKIP
+    >>> best_run(runs, "accuracy", **{"proxy_attention.method": "gradcam_plus_plus",
+    ...          "data.dataset": "stanford_dogs", "proxy_attention.threshold": 0.5})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from rightfocus._io import atomic_write_text
+
+__all__ = [
+    "best_run",
+    "load_runs",
+    "paper_table",
+    "select",
+    "summarize",
+    "training_curves",
+    "write_report",
+]
+
+LOWER_IS_BETTER = ("overlap", "ece", "mce", "nll", "brier", "loss")
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(obj, Mapping):
+        for key, value in obj.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    if isinstance(obj, list) and obj and all(isinstance(v, Mapping) for v in obj):
+        for i, value in enumerate(obj):
+            out.update(_flatten(value, f"{prefix}{i}."))
+        return out
+    out[prefix[:-1]] = obj if not isinstance(obj, list) else json.dumps(obj)
+    return out
+
+
+def _method_name(config: Mapping[str, Any]) -> str:
+    guidance = config.get("guidance") or []
+    names = [g.get("name", "?") for g in guidance if isinstance(g, Mapping)]
+    if config.get("proxy_attention"):
+        names.append("proxy_attention")
+    return "+".join(names) if names else "none"
+
+
+def _read_run(run_dir: Path) -> dict[str, Any] | None:
+    metrics_file, config_file = run_dir / "metrics.json", run_dir / "config.yaml"
+    if not metrics_file.is_file() or not config_file.is_file():
+        return None
+    try:
+        metrics = json.loads(metrics_file.read_text())
+        config = yaml.safe_load(config_file.read_text()) or {}
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ValueError(
+            f"{run_dir} has an unreadable metrics.json or config.yaml ({err}); "
+            "re-run `rightfocus evaluate` on it or delete the folder"
+        ) from err
+    row: dict[str, Any] = {"run_dir": str(run_dir), "method": _method_name(config)}
+    row.update(_flatten(config))
+    row.update(_flatten(metrics))
+    return row
+
+
+def load_runs(runs_dir: str | Path) -> pd.DataFrame:
+    """One row per finished run (a folder with ``metrics.json`` and ``config.yaml``)."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Runs folder {root} does not exist")
+    rows = [
+        row
+        for metrics_file in sorted(root.rglob("metrics.json"))
+        if (row := _read_run(metrics_file.parent)) is not None
+    ]
+    if not rows:
+        raise ValueError(
+            f"No finished runs under {root}: a run folder needs metrics.json and config.yaml "
+            "(train with `rightfocus train CONFIG` first)"
+        )
+    return pd.DataFrame(rows)
+
+
+def select(runs: pd.DataFrame, **where: Any) -> pd.DataFrame:
+    """Rows whose columns equal the given values (dotted names: ``**{"data.variant": "color"}``)."""
+    keep = pd.Series(True, index=runs.index)
+    for column, value in where.items():
+        if column not in runs.columns:
+            raise KeyError(f"No column {column!r}; columns are: {', '.join(runs.columns)}")
+        keep &= runs[column] == value
+    return runs[keep]
+
+
+def best_run(runs: pd.DataFrame, metric: str, **where: Any) -> pd.Series:
+    """The row with the best ``metric`` among ``select(runs, **where)`` (lower-is-better aware)."""
+    rows = select(runs, **where)
+    if metric not in rows.columns:
+        raise KeyError(f"No metric {metric!r}; columns are: {', '.join(runs.columns)}")
+    rows = rows.dropna(subset=[metric])
+    if rows.empty:
+        raise ValueError(f"No run matches {where} with a value for {metric!r}")
+    lower = any(tag in metric.lower() for tag in LOWER_IS_BETTER)
+    return rows.loc[rows[metric].idxmin() if lower else rows[metric].idxmax()]
+
+
+def summarize(runs: pd.DataFrame, by: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
+    """Mean, sample std and count of each metric over the runs (e.g. folds) in each group."""
+    missing = [c for c in [*by, *metrics] if c not in runs.columns]
+    if missing:
+        raise KeyError(f"Unknown columns {missing}; columns are: {', '.join(runs.columns)}")
+    grouped = runs.groupby(list(by), dropna=False)[list(metrics)]
+    table = grouped.agg(["mean", "std", "count"])
+    return table
+
+
+def _fmt(mean: float, std: float, bold: bool) -> str:
+    text = f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
+    return f"**{text}**" if bold else text
+
+
+def paper_table(
+    runs: pd.DataFrame,
+    metrics: Sequence[str],
+    row: str = "data.variant",
+    column: str = "method",
+    column_order: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """The papers' table layout: rows = ``row`` x metric, columns = methods, "mean ± std".
+
+    The best value in each row is wrapped in ``**bold**`` (lower is better for overlap, ECE,
+    NLL, ...). Missing cells stay empty strings so a reader sees what did not run.
+    """
+    summary = summarize(runs, [row, column], metrics)
+    columns = list(column_order) if column_order else sorted(runs[column].dropna().unique())
+    out: dict[tuple[str, str], dict[str, str]] = {}
+    for key in sorted(runs[row].dropna().unique()):
+        for metric in metrics:
+            cells: dict[str, tuple[float, float]] = {}
+            for col in columns:
+                if (key, col) in summary.index:
+                    stats = summary.loc[(key, col), metric]
+                    cells[col] = (float(stats["mean"]), float(stats["std"]))
+            lower = any(tag in metric.lower() for tag in LOWER_IS_BETTER)
+            valid = {c: v for c, v in cells.items() if not math.isnan(v[0])}
+            best = (min if lower else max)(valid, key=lambda c: valid[c][0]) if valid else None
+            out[(str(key), metric)] = {
+                col: _fmt(*cells[col], bold=col == best) if col in cells else "" for col in columns
+            }
+    table = pd.DataFrame.from_dict(out, orient="index")
+    table.index = pd.MultiIndex.from_tuples(table.index, names=[row, "metric"])
+    return table
+
+
+def training_curves(run_dir: str | Path, tags: Iterable[str] | None = None) -> pd.DataFrame:
+    """Scalars from a run's TensorBoard event files as a long table (tag, step, value)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rows: list[dict[str, Any]] = []
+    for events in sorted(Path(run_dir).rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags().get("scalars", []):
+            if tags is not None and tag not in set(tags):
+                continue
+            rows.extend(
+                {"tag": tag, "step": e.step, "value": e.value} for e in acc.Scalars(tag)
+            )
+    return pd.DataFrame(rows, columns=["tag", "step", "value"])
+
+
+def _curves_figure(runs: pd.DataFrame, out: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from rightfocus._io import atomic_path
+
+    tags = ("train/loss", "val/acc", "val/balanced_accuracy")
+    series = []
+    for _, run in runs.iterrows():
+        curves = training_curves(run["run_dir"], tags)
+        if not curves.empty:
+            series.append((f"{run['method']} {Path(run['run_dir']).name}", curves))
+    if not series:
+        return None
+    present = [t for t in tags if any((c["tag"] == t).any() for _, c in series)]
+    fig, axes = plt.subplots(1, len(present), figsize=(5 * len(present), 3.2), squeeze=False)
+    for ax, tag in zip(axes[0], present):
+        for label, curves in series:
+            part = curves[curves["tag"] == tag]
+            if not part.empty:
+                ax.plot(part["step"], part["value"], label=label, linewidth=1)
+        ax.set_title(tag)
+        ax.set_xlabel("step")
+    if len(series) <= 12:
+        axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return out
+
+
+def _img_tag(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}">'
+
+
+def _md_to_html_cell(text: str) -> str:
+    if text.startswith("**") and text.endswith("**"):
+        return f"<b>{html.escape(text[2:-2])}</b>"
+    return html.escape(text)
+
+
+def _table_html(table: pd.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(str(n))}</th>" for n in table.index.names)
+    head += "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
+    body = []
+    for idx, row in table.iterrows():
+        keys = idx if isinstance(idx, tuple) else (idx,)
+        cells = "".join(f"<td>{html.escape(str(k))}</td>" for k in keys)
+        cells += "".join(f"<td>{_md_to_html_cell(str(v))}</td>" for v in row)
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _table_md(table: pd.DataFrame) -> str:
+    names = [str(n) for n in table.index.names] + [str(c) for c in table.columns]
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    for idx, row in table.iterrows():
+        keys = idx if isinstance(idx, tuple) else (idx,)
+        lines.append("| " + " | ".join([*map(str, keys), *map(str, row)]) + " |")
+    return "\n".join(lines)
+
+
+_CSS = (
+    "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:4px 8px;"
+    "font-size:13px;text-align:right}th{background:#eee}img{max-width:100%;margin:.5em 0}"
+    "figure{margin:1em 0}figcaption{font-size:12px;color:#555}"
+)
+
+
+def write_report(
+    runs_dir: str | Path,
+    out_dir: str | Path | None = None,
+    tables: Mapping[str, Sequence[str]] | None = None,
+    row: str = "data.variant",
+    column_order: Sequence[str] | None = None,
+    notes: Sequence[str] = (),
+    title: str = "rightfocus report",
+) -> dict[str, Path]:
+    """Write ``report.html`` (self-contained, figures embedded) and ``report.md``.
+
+    Args:
+        runs_dir: folder of run folders. out_dir: where to write (default ``runs_dir``).
+        tables: title -> metric columns, e.g. ``{"Table 1": ["balanced_accuracy", "f1"]}``;
+            default: every numeric metric that all runs share, in one table.
+        row: the config column that makes a table row (with the metric).
+        column_order: method order for the columns.
+        notes: paragraphs shown under the title (e.g. differences from the paper's protocol).
+
+    Returns:
+        ``{"html": path, "markdown": path, "figures": [...]}`` (figures copied next to the
+        Markdown file in ``figures/`` so it can link them).
+    """
+    runs = load_runs(runs_dir)
+    out = Path(out_dir) if out_dir is not None else Path(runs_dir)
+    if row not in runs.columns:
+        runs[row] = "all"
+    if tables is None:
+        metric_cols = [
+            c
+            for c in runs.columns
+            if pd.api.types.is_numeric_dtype(runs[c])
+            and not c.startswith(("data.", "model.", "optim.", "trainer.", "evaluation."))
+        ]
+        tables = {"Results": metric_cols}
+    html_parts = [f"<h1>{html.escape(title)}</h1>"]
+    md_parts = [f"# {title}"]
+    for note in notes:
+        html_parts.append(f"<p>{html.escape(note)}</p>")
+        md_parts.append(note)
+    html_parts.append(f"<p>{len(runs)} runs from {html.escape(str(runs_dir))}.</p>")
+    md_parts.append(f"{len(runs)} runs from `{runs_dir}`.")
+    for name, metrics in tables.items():
+        present = [m for m in metrics if m in runs.columns]
+        if not present:
+            continue
+        table = paper_table(runs, present, row=row, column_order=column_order)
+        html_parts += [f"<h2>{html.escape(name)}</h2>", _table_html(table)]
+        md_parts += [f"## {name}", _table_md(table)]
+    fig_dir = out / "figures"
+    figures: list[Path] = []
+    curves = _curves_figure(runs, fig_dir / "training_curves.png")
+    if curves is not None:
+        figures.append(curves)
+    for run_dir in runs["run_dir"]:
+        for png in sorted(Path(run_dir).rglob("*.png")):
+            if fig_dir in png.parents:
+                continue
+            figures.append(png)
+    if figures:
+        html_parts.append("<h2>Figures</h2>")
+        md_parts.append("## Figures")
+    for fig in figures:
+        caption = str(fig.relative_to(out)) if out in fig.parents else fig.name
+        html_parts.append(
+            f"<figure>{_img_tag(fig)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+        rel = fig.relative_to(out) if out in fig.parents else fig
+        md_parts.append(f"![{caption}]({rel.as_posix()})")
+    page = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body>{''.join(html_parts)}</body></html>"
+    )
+    html_path = atomic_write_text(out / "report.html", page)
+    md_path = atomic_write_text(out / "report.md", "\n\n".join(md_parts) + "\n")
+    return {"html": html_path, "markdown": md_path, "figures": figures}  # type: ignore[dict-item]

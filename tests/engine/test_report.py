@@ -1,0 +1,102 @@
+"""The report aggregates fixture runs into the paper's tables, a DataFrame and HTML/Markdown."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rightfocus.engine.report import best_run, load_runs, paper_table, select, write_report
+
+METHODS = {"none": [], "bayes_feedback": [{"name": "bayes_feedback", "lam": 5e-5}]}
+
+
+def _write_run(root: Path, variant: str, method: str, fold: int, acc: float, overlap: float):
+    run = root / f"decoy_{variant}" / f"{method}_fold{fold}"
+    run.mkdir(parents=True)
+    cfg = {
+        "data": {"dataset": "decoy_mnist", "variant": variant, "fold": fold},
+        "guidance": METHODS[method],
+        "optim": {"lr": 1e-3},
+    }
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (run / "metrics.json").write_text(json.dumps({"balanced_accuracy": acc, "overlap": overlap}))
+    return run
+
+
+@pytest.fixture
+def runs_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    for variant, shift in (("color", 0.0), ("position", 0.1)):
+        for fold in range(3):
+            _write_run(root, variant, "none", fold, 0.5 + shift + 0.01 * fold, 0.6)
+            _write_run(root, variant, "bayes_feedback", fold, 0.9 + 0.01 * fold, 0.2 + shift)
+    # A figure in one run must be embedded / linked.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    fig.savefig(root / "decoy_color" / "none_fold0" / "saliency.png")
+    plt.close(fig)
+    return root
+
+
+def test_load_runs_flattens_config_and_metrics(runs_dir: Path) -> None:
+    runs = load_runs(runs_dir)
+    assert len(runs) == 12
+    assert {"data.variant", "optim.lr", "method", "balanced_accuracy", "overlap"} <= set(runs)
+    assert set(runs["method"]) == {"none", "bayes_feedback"}
+    assert len(select(runs, **{"data.variant": "color", "method": "none"})) == 3
+
+
+def test_best_run_query(runs_dir: Path) -> None:
+    runs = load_runs(runs_dir)
+    best = best_run(runs, "balanced_accuracy", **{"data.variant": "position"})
+    assert best["method"] == "bayes_feedback" and best["data.fold"] == 2
+    assert best["balanced_accuracy"] == pytest.approx(0.92)
+    # overlap: lower is better.
+    assert best_run(runs, "overlap")["data.variant"] == "color"
+    with pytest.raises(KeyError, match="No column"):
+        select(runs, **{"data.nope": 1})
+
+
+def test_paper_table_mean_std_and_bold(runs_dir: Path) -> None:
+    runs = load_runs(runs_dir)
+    table = paper_table(runs, ["balanced_accuracy", "overlap"], column_order=["none", "bayes_feedback"])
+    cell = table.loc[("color", "balanced_accuracy"), "bayes_feedback"]
+    assert cell == "**0.9100 ± 0.0100**"
+    assert table.loc[("color", "balanced_accuracy"), "none"] == "0.5100 ± 0.0100"
+    assert table.loc[("color", "overlap"), "bayes_feedback"].startswith("**0.2000")
+    assert table.loc[("position", "overlap"), "bayes_feedback"].startswith("**0.3000")
+
+
+def test_write_report_has_every_row_and_figure(runs_dir: Path, tmp_path: Path) -> None:
+    out = write_report(
+        runs_dir,
+        tmp_path / "report",
+        tables={"Table 1": ["balanced_accuracy"], "Table 2": ["overlap"]},
+        column_order=["none", "bayes_feedback"],
+    )
+    page = out["html"].read_text()
+    md = out["markdown"].read_text()
+    for variant in ("color", "position"):
+        assert page.count(f"<td>{variant}</td>") == 2
+        assert f"| {variant} | balanced_accuracy |" in md
+    assert "<b>0.9100 ± 0.0100</b>" in page
+    assert page.count("data:image/png;base64,") == len(out["figures"]) >= 1
+    for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
+        path = Path(link)
+        assert (path if path.is_absolute() else out["markdown"].parent / path).is_file()
+
+
+def test_empty_runs_dir_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="No finished runs"):
+        load_runs(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        load_runs(tmp_path / "missing")
