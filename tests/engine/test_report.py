@@ -68,7 +68,9 @@ def test_best_run_query(runs_dir: Path) -> None:
 
 def test_paper_table_mean_std_and_bold(runs_dir: Path) -> None:
     runs = load_runs(runs_dir)
-    table = paper_table(runs, ["balanced_accuracy", "overlap"], column_order=["none", "bayes_feedback"])
+    table = paper_table(
+        runs, ["balanced_accuracy", "overlap"], column_order=["none", "bayes_feedback"]
+    )
     cell = table.loc[("color", "balanced_accuracy"), "bayes_feedback"]
     assert cell == "**0.9100 ± 0.0100**"
     assert table.loc[("color", "balanced_accuracy"), "none"] == "0.5100 ± 0.0100"

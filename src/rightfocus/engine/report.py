@@ -179,9 +179,7 @@ def training_curves(run_dir: str | Path, tags: Iterable[str] | None = None) -> p
         for tag in acc.Tags().get("scalars", []):
             if tags is not None and tag not in set(tags):
                 continue
-            rows.extend(
-                {"tag": tag, "step": e.step, "value": e.value} for e in acc.Scalars(tag)
-            )
+            rows.extend({"tag": tag, "step": e.step, "value": e.value} for e in acc.Scalars(tag))
     return pd.DataFrame(rows, columns=["tag", "step", "value"])
 
 
