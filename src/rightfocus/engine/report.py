@@ -9,7 +9,7 @@ naming the guidance ("none" when empty), and one column per metric.
 Example (the thesis' question "best accuracy for gradcam++ on dogs with threshold 0.5"):
     >>> runs = load_runs("runs")  # doctest: +SKIP
     >>> best_run(runs, "accuracy", **{"proxy_attention.method": "gradcam_plus_plus",
-    ...          "data.dataset": "stanford_dogs", "proxy_attention.threshold": 0.5})  # doctest: +SKIP
+    ...          "data.dataset": "dogs", "proxy_attention.threshold": 0.5})  # doctest: +SKIP
 """
 
 from __future__ import annotations
