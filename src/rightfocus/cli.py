@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -15,7 +17,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 140)
 
 _CAPS = ("differentiable", "needs_layer", "model_agnostic", "stochastic")
 
@@ -35,19 +37,14 @@ def list_cmd(
         raise typer.BadParameter(f"choose one of {', '.join(sorted(choices))}")
     if what in ("methods", "all"):
         table = Table(title="Attribution methods")
-        table.add_column("method")
+        table.add_column("method", no_wrap=True)
         table.add_column("output")
-        for cap in _CAPS:
-            table.add_column(cap.replace("_", " "))
+        table.add_column("capabilities")
         table.add_column("summary")
         for name in METHODS.names():
             meta = METHODS.metadata(name)
-            table.add_row(
-                name,
-                meta["output"],
-                *["yes" if meta[c] else "" for c in _CAPS],
-                meta["summary"],
-            )
+            caps = ", ".join(c.replace("_", " ") for c in _CAPS if meta[c])
+            table.add_row(name, meta["output"], caps, meta["summary"])
         console.print(table)
     for label, reg in (("models", MODELS), ("datasets", DATASETS), ("guidance", GUIDANCE)):
         if what in (label, "all"):
