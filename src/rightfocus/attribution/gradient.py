@@ -113,7 +113,10 @@ class IntegratedGradients(_Gradient):
 
     Args:
         baseline: ``x'``; ``None`` (zeros), a number, or a tensor broadcastable to ``x``.
-        n_steps: quadrature points. method: ``gausslegendre`` (default) or a Riemann rule.
+        n_steps: quadrature points.
+        integration: ``gausslegendre`` (default) or a Riemann rule (``riemann_left``,
+            ``riemann_right``, ``riemann_middle``, ``riemann_trapezoid``); Captum calls this
+            option ``method``, a name ``attribute(..., method=...)`` already uses.
         internal_batch_size: at most this many path points per forward pass (default: all).
     """
 
@@ -122,19 +125,19 @@ class IntegratedGradients(_Gradient):
         *,
         baseline: float | Tensor | None = None,
         n_steps: int = 50,
-        method: str = "gausslegendre",
+        integration: str = "gausslegendre",
         internal_batch_size: int | None = None,
         return_delta: bool = False,
         create_graph: bool = False,
         eval_mode: bool | None = None,
     ) -> None:
         super().__init__(create_graph=create_graph, eval_mode=eval_mode)
-        self.alphas, self.weights = riemann_steps(n_steps, method)
+        self.alphas, self.weights = riemann_steps(n_steps, integration)
         if internal_batch_size is not None and internal_batch_size < 1:
             raise ValueError(f"internal_batch_size must be >= 1, got {internal_batch_size}")
         self.baseline = baseline
         self.n_steps = n_steps
-        self.method = method
+        self.integration = integration
         self.internal_batch_size = internal_batch_size
         self.return_delta = return_delta
 

@@ -1,0 +1,207 @@
+"""Convert a model's ``Conv2d``/``Linear`` layers to Bayesian LRT layers and back.
+
+``to_bayesian(model)`` returns a copy in which every ``nn.Conv2d`` and ``nn.Linear`` is replaced by
+a :class:`~rightfocus.bayes.layers.BayesConv2d` / :class:`~rightfocus.bayes.layers.BayesLinear`
+whose means are the original weights and biases and whose ``rho`` is the constant ``rho_init``
+(the Bayesian-feedback paper starts from large variance, e.g. ``rho_init=-2`` on Decoy MNIST).
+``to_deterministic(model)`` returns the mean network as a plain model.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from rightfocus.bayes.layers import BayesConv2d, BayesLinear, check_prior, check_rho
+
+__all__ = ["bayesian_layers", "is_bayesian", "kl", "to_bayesian", "to_deterministic"]
+
+BayesLayer = BayesConv2d | BayesLinear
+
+
+def bayesian_layers(model: nn.Module) -> list[BayesLayer]:
+    """Every :class:`BayesConv2d` / :class:`BayesLinear` in ``model`` (definition order)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, not {type(model).__name__}")
+    return [m for m in model.modules() if isinstance(m, (BayesConv2d, BayesLinear))]
+
+
+def is_bayesian(model: nn.Module) -> bool:
+    """True when ``model`` holds at least one Bayesian layer."""
+    return bool(bayesian_layers(model))
+
+
+def kl(model: nn.Module) -> Tensor:
+    """Sum of the closed-form KL(q || p) of every Bayesian layer of ``model``.
+
+    Raises:
+        ValueError: the model has no Bayesian layer (convert it with ``to_bayesian`` first).
+    """
+    layers = bayesian_layers(model)
+    if not layers:
+        raise ValueError(
+            f"{type(model).__name__} has no Bayesian layer, so it has no KL term. Convert it "
+            "with rightfocus.bayes.to_bayesian(model), or check bayes.is_bayesian(model) first."
+        )
+    total = layers[0].kl()
+    for layer in layers[1:]:
+        total = total + layer.kl()
+    return total
+
+
+def _bayes_conv(conv: nn.Conv2d, rho_init: float, prior_sigma: float) -> BayesConv2d:
+    if conv.padding_mode != "zeros":
+        raise ValueError(
+            f"Conv2d with padding_mode={conv.padding_mode!r} cannot be converted: BayesConv2d "
+            "supports zero padding only. Pad the input explicitly (e.g. nn.ReflectionPad2d)."
+        )
+    new = BayesConv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,  # type: ignore[arg-type]
+        stride=conv.stride,  # type: ignore[arg-type]
+        padding=conv.padding,  # type: ignore[arg-type]
+        dilation=conv.dilation,  # type: ignore[arg-type]
+        groups=conv.groups,
+        bias=conv.bias is not None,
+        rho_init=rho_init,
+        prior_sigma=prior_sigma,
+    )
+    _copy_means(new, conv.weight, conv.bias)
+    return new
+
+
+def _bayes_linear(linear: nn.Linear, rho_init: float, prior_sigma: float) -> BayesLinear:
+    new = BayesLinear(
+        linear.in_features,
+        linear.out_features,
+        bias=linear.bias is not None,
+        rho_init=rho_init,
+        prior_sigma=prior_sigma,
+    )
+    _copy_means(new, linear.weight, linear.bias)
+    return new
+
+
+def _copy_means(new: BayesLayer, weight: Tensor, bias: Tensor | None) -> None:
+    """Means <- the deterministic weights; everything on the weight's device and dtype."""
+    new.to(device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        new.mu_weight.copy_(weight)
+        if bias is not None and new.mu_bias is not None:
+            new.mu_bias.copy_(bias)
+
+
+def _plain_conv(layer: BayesConv2d) -> nn.Conv2d:
+    conv = nn.Conv2d(
+        layer.in_channels,
+        layer.out_channels,
+        layer.kernel_size,
+        stride=layer.stride,
+        padding=layer.padding,
+        dilation=layer.dilation,
+        groups=layer.groups,
+        bias=layer.mu_bias is not None,
+    )
+    _copy_plain(conv, layer)
+    return conv
+
+
+def _plain_linear(layer: BayesLinear) -> nn.Linear:
+    linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.mu_bias is not None)
+    _copy_plain(linear, layer)
+    return linear
+
+
+def _copy_plain(new: nn.Conv2d | nn.Linear, layer: BayesLayer) -> None:
+    new.to(device=layer.mu_weight.device, dtype=layer.mu_weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(layer.mu_weight)
+        if new.bias is not None and layer.mu_bias is not None:
+            new.bias.copy_(layer.mu_bias)
+
+
+def _replace(model: nn.Module, swap: dict[int, nn.Module]) -> None:
+    """Put ``swap[id(child)]`` in place of every child (shared modules stay shared)."""
+    for parent in model.modules():
+        for name, child in list(parent.named_children()):
+            if id(child) in swap:
+                setattr(parent, name, swap[id(child)])
+
+
+def to_bayesian(model: nn.Module, rho_init: float = -3.0, prior_sigma: float = 0.1) -> nn.Module:
+    """A copy of ``model`` with every ``nn.Conv2d``/``nn.Linear`` turned into an LRT layer.
+
+    Means are copied from the weights and biases; every ``rho`` is ``rho_init`` (so
+    ``sigma = softplus(rho_init) + 1e-8``); the prior is ``N(0, prior_sigma^2)``. Only exact
+    ``nn.Conv2d``/``nn.Linear`` instances are converted (subclasses such as the output projection
+    inside ``nn.MultiheadAttention`` read ``.weight`` directly and are left alone). Layers shared
+    between several parents stay shared. The original model is not changed.
+
+    Example:
+        >>> from rightfocus.models import LeNet
+        >>> bnn = to_bayesian(LeNet(), rho_init=-2.0)
+        >>> len(bayesian_layers(bnn))
+        5
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+        ValueError: ``rho_init`` not finite, ``prior_sigma <= 0``, or no Conv2d/Linear layer.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, not {type(model).__name__}")
+    rho_init = check_rho(rho_init)
+    prior_sigma = check_prior(prior_sigma)
+    targets = [m for m in model.modules() if type(m) in (nn.Conv2d, nn.Linear)]
+    if not targets:
+        kind = "already Bayesian layers only" if is_bayesian(model) else "none"
+        raise ValueError(
+            f"{type(model).__name__} has no nn.Conv2d or nn.Linear layer to convert ({kind}). "
+            "to_bayesian converts the 2-d convolutions and linear layers of a network."
+        )
+    if isinstance(model, (nn.Conv2d, nn.Linear)):
+        # a bare layer: convert it inside a container
+        return to_bayesian(nn.Sequential(model), rho_init, prior_sigma)[0]  # type: ignore[index]
+    new_model = copy.deepcopy(model)
+    swap: dict[int, nn.Module] = {}
+    for module in new_model.modules():
+        if id(module) in swap:
+            continue
+        if type(module) is nn.Conv2d:
+            swap[id(module)] = _bayes_conv(module, rho_init, prior_sigma)
+        elif type(module) is nn.Linear:
+            swap[id(module)] = _bayes_linear(module, rho_init, prior_sigma)
+    for old_id, new in swap.items():
+        old = next(m for m in new_model.modules() if id(m) == old_id)
+        new.train(old.training)
+    _replace(new_model, swap)
+    return new_model
+
+
+def to_deterministic(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every Bayesian layer replaced by its mean ``Conv2d``/``Linear``.
+
+    The result computes the mean network (what a Bayesian model computes with ``sample=False``).
+
+    Raises:
+        ValueError: the model has no Bayesian layer.
+    """
+    if not is_bayesian(model):
+        raise ValueError(
+            f"{type(model).__name__} has no BayesConv2d/BayesLinear layer; there is nothing to "
+            "convert back. to_deterministic reverses rightfocus.bayes.to_bayesian."
+        )
+    if isinstance(model, (BayesConv2d, BayesLinear)):
+        return to_deterministic(nn.Sequential(model))[0]  # type: ignore[index]
+    new_model = copy.deepcopy(model)
+    swap: dict[int, nn.Module] = {}
+    for module in bayesian_layers(new_model):
+        if id(module) in swap:
+            continue
+        plain = _plain_conv(module) if isinstance(module, BayesConv2d) else _plain_linear(module)
+        plain.train(module.training)
+        swap[id(module)] = plain
+    _replace(new_model, swap)
+    return new_model
