@@ -5,6 +5,7 @@ Importing the package registers every built-in method, model, dataset and guidan
 """
 
 from rightfocus import attribution, models
+from rightfocus import data  # noqa: F401  (registers the built-in datasets)
 from rightfocus._registry import DATASETS, GUIDANCE, METHODS, MODELS, Registry
 from rightfocus.attribution import Attribution, attribute
 

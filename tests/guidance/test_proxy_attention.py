@@ -230,7 +230,7 @@ def test_callback_runs_on_schedule_and_resumed_run_keeps_proxies(tmp_path: Path)
 
 def test_clear_at_end_and_add_policy(tmp_path: Path) -> None:
     module = _Module()
-    items, wrong = _data(module.model)
+    items, _ = _data(module.model)
     data = _Data(items)
     seen_len = []
 

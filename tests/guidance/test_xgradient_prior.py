@@ -91,7 +91,6 @@ def test_validation() -> None:
 
 
 def test_refuses_non_homogeneous_model_unless_forced() -> None:
-    pytest.importorskip("rightfocus.models.xdnn")
     from tests.conftest import TinyCNN
 
     model, batch = TinyCNN(classes=3).double(), _batch()
@@ -102,3 +101,12 @@ def test_refuses_non_homogeneous_model_unless_forced() -> None:
     _, _, terms = guided_forward(model, batch, [XGradientPrior(force=True)])
     assert terms["xgrad_mask"] > 0
     XGradientPrior().check(_xdnn())  # a bias-free ReLU net passes
+    _, _, terms = guided_forward(_xdnn(), batch, [XGradientPrior()])
+    assert terms["xgrad_mask"] > 0
+
+
+def test_dynamic_guard_catches_bias_free_but_non_homogeneous_model() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 3, bias=False), nn.Sigmoid()).double()
+    XGradientPrior().check(model)  # no bias: the static check cannot tell
+    with pytest.raises(ValueError, match="not positively homogeneous on this batch"):
+        guided_forward(model, _batch(), [XGradientPrior()])

@@ -41,6 +41,15 @@ def check_input(x: Any) -> Tensor:
     return x
 
 
+def _detached(result: Any) -> Any:
+    """Without ``create_graph`` a method's tensors carry no autograd graph back to the caller."""
+    if isinstance(result, Tensor):
+        return result.detach()
+    if isinstance(result, tuple):
+        return tuple(_detached(r) for r in result)
+    return result
+
+
 class Attribution(ABC):
     """Base class: subclasses implement :meth:`_attribute` and declare capabilities.
 
@@ -73,7 +82,8 @@ class Attribution(ABC):
         with ExitStack() as stack:
             stack.enter_context(hooks.eval_mode(model, enabled=use_eval))
             stack.enter_context(hooks.frozen_parameters(model, enabled=not self.create_graph))
-            return self._attribute(model, x, target)
+            result = self._attribute(model, x, target)
+        return result if self.create_graph else _detached(result)
 
     @abstractmethod
     def _attribute(self, model: nn.Module, x: Tensor, target: Target) -> Any:

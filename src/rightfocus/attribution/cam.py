@@ -1,11 +1,17 @@
 """Class activation maps on a target layer: the CAM family.
 
-Every CAM here is ``ReLU(sum_k w_k^c A^k)`` over the target layer's activation maps ``A^k``;
-a method only says how it weighs them (:meth:`_CAM._weights`, one small function each).
-Output: ``(B, 1, H, W)`` upsampled (bilinear) to the input unless ``upsample=False``.
+Every CAM here is ``ReLU(sum_k w_k^c A^k)`` over the target layer's activation maps ``A^k``
+(shape ``(B, K, h, w)``); a method only says how it weighs them (:meth:`_CAM._weights`, one
+small function each; the weights are per channel ``(B, K, 1, 1)`` or per position
+``(B, K, h, w)``). Output: ``(B, 1, H, W)``, upsampled (bilinear) to the input unless
+``upsample=False``; Guided Grad-CAM returns ``(B, C, H, W)``.
+
+The target layer is a module, a dotted name, or ``None`` for the last ``Conv2d`` of the model.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -14,9 +20,22 @@ from torch import Tensor, nn
 from rightfocus import hooks
 from rightfocus._modules import resolve_layer
 from rightfocus.attribution.base import Attribution, register_method
-from rightfocus.attribution.targets import Target, select
+from rightfocus.attribution.gradient import GuidedBackprop
+from rightfocus.attribution.targets import Target, fix_target, select
 
-__all__ = ["GradCAM", "layer_forward", "postprocess_map"]
+__all__ = [
+    "CAM",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "GuidedGradCAM",
+    "LayerCAM",
+    "ScoreCAM",
+    "XGradCAM",
+    "layer_forward",
+    "postprocess_map",
+]
+
+_INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
 
 
 def postprocess_map(
@@ -33,26 +52,71 @@ def postprocess_map(
         kwargs = {"align_corners": False} if interpolation in ("bilinear", "bicubic") else {}
         cam = F.interpolate(cam, size=size, mode=interpolation, **kwargs)
     if normalize:
-        flat = cam.flatten(1)
-        lo = flat.min(dim=1).values.view(-1, 1, 1, 1)
-        hi = flat.max(dim=1).values.view(-1, 1, 1, 1)
-        cam = (cam - lo) / (hi - lo + 1e-8)
+        cam = _minmax(cam)
     return cam
 
 
-def layer_forward(
-    model: nn.Module, x: Tensor, layer: nn.Module, create_graph: bool
-) -> tuple[Tensor, Tensor]:
-    """Run ``model`` on ``x``; return ``(outputs, activation of layer)`` connected by autograd."""
-    inp = x if (create_graph and x.requires_grad) else x.detach().requires_grad_(True)
-    with hooks.capture_activations(model, [layer]) as cap:
-        outputs = model(inp)
-        act = cap[layer]
+def _minmax(maps: Tensor, eps: float = 1e-8) -> Tensor:
+    """``(M - min M) / (max M - min M + eps)`` per map over the last two dimensions."""
+    lo = maps.amin(dim=(-2, -1), keepdim=True)
+    hi = maps.amax(dim=(-2, -1), keepdim=True)
+    return (maps - lo) / (hi - lo + eps)
+
+
+def _safe_div(num: Tensor, den: Tensor) -> Tensor:
+    """``num / den`` with 0 where ``den == 0`` (and finite gradients there)."""
+    nonzero = den != 0
+    return torch.where(nonzero, num / torch.where(nonzero, den, torch.ones_like(den)), 0.0)
+
+
+def _check_layer_output(layer: nn.Module, act: Tensor) -> None:
     if act.dim() != 4:
         raise ValueError(
             f"CAM methods need a layer with (B, K, h, w) output; {type(layer).__name__} gives "
             f"{tuple(act.shape)}. Choose a convolutional layer."
         )
+
+
+def _forward_capturing(
+    model: nn.Module, inp: Tensor, layers: list[nn.Module], leaf: bool = False
+) -> tuple[Tensor, dict[int, Tensor]]:
+    """Run ``model``; return its outputs and each layer's output by ``id(layer)``.
+
+    The forward pass continues on a copy of each captured output, so an in-place operation
+    after the layer (``nn.ReLU(inplace=True)``) cannot change what was captured. With
+    ``leaf=True`` the captured outputs are detached leaves that require grad: nothing before
+    them is recorded and a gradient to them only runs through the rest of the model.
+    """
+    saved: dict[int, Tensor] = {}
+
+    def keep(module: nn.Module, out: Tensor) -> Tensor:
+        if leaf:
+            out = out.detach().requires_grad_(True)
+        saved[id(module)] = out
+        return out.clone()
+
+    with hooks.capture_activations(model, layers, transform=keep) as cap:
+        outputs = model(inp)
+        cap[layers[0]]  # a clear error if the forward pass skipped the target layer
+    return outputs, saved
+
+
+def layer_forward(
+    model: nn.Module, x: Tensor, layer: nn.Module, create_graph: bool
+) -> tuple[Tensor, Tensor]:
+    """Run ``model`` on ``x``; return ``(outputs, activation of layer)`` connected by autograd.
+
+    With ``create_graph=False`` the activation is made a leaf of the graph: nothing before the
+    layer is recorded, so ``torch.autograd.grad(score, act)`` back-propagates through the head
+    only. With ``True`` the activation stays connected to the parameters (and to ``x``).
+    """
+    if create_graph:
+        inp = x if x.requires_grad else x.detach().requires_grad_(True)
+        outputs, saved = _forward_capturing(model, inp, [layer])
+    else:
+        outputs, saved = _forward_capturing(model, x.detach(), [layer], leaf=True)
+    act = saved[id(layer)]
+    _check_layer_output(layer, act)
     return outputs, act
 
 
@@ -83,7 +147,7 @@ class _CAM(Attribution):
         eval_mode: bool | None = None,
     ) -> None:
         super().__init__(eval_mode=eval_mode)
-        if interpolation not in ("bilinear", "nearest", "bicubic"):
+        if interpolation not in _INTERPOLATIONS:
             raise ValueError(
                 f"interpolation must be 'bilinear', 'nearest' or 'bicubic', got {interpolation!r}"
             )
@@ -102,18 +166,261 @@ class _CAM(Attribution):
         outputs, acts = layer_forward(model, x, layer, self.create_graph)
         scores = select(outputs, target)
         (grads,) = torch.autograd.grad(scores.sum(), acts, create_graph=self.create_graph)
+        if not self.create_graph:
+            acts = acts.detach()
         return (self._weights(acts, grads) * acts).sum(dim=1, keepdim=True)
 
     def _attribute(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
         layer = resolve_layer(model, self.layer)
         cam = self._raw_map(model, x, target, layer)
-        size = tuple(x.shape[-2:]) if self.upsample else None
-        return postprocess_map(cam, size, self.relu, self.normalize, self.interpolation)  # type: ignore[arg-type]
+        size = (x.shape[-2], x.shape[-1]) if self.upsample else None
+        return postprocess_map(cam, size, self.relu, self.normalize, self.interpolation)
 
 
 @register_method("gradcam")
 class GradCAM(_CAM):
-    """Grad-CAM (Selvaraju et al. 2017): ``w_k^c = mean_{ij} dS_c/dA^k_{ij}``."""
+    """Grad-CAM (Selvaraju et al. 2017, "Grad-CAM: Visual Explanations from Deep Networks").
+
+    ``w_k^c = (1/Z) sum_ij dS_c/dA^k_ij``, ``L^c = ReLU(sum_k w_k^c A^k)``.
+    """
 
     def _weights(self, acts: Tensor, grads: Tensor) -> Tensor:
         return grads.mean(dim=(2, 3), keepdim=True)
+
+
+@register_method("gradcam_plus_plus")
+class GradCAMPlusPlus(_CAM):
+    """Grad-CAM++ (Chattopadhay et al. 2018), closed-form alphas with the exponential trick.
+
+    With ``Y^c = exp(S^c)`` the higher derivatives reduce to powers of ``g = dS^c/dA^k_ij``
+    (Eq. 19): ``alpha_ij^kc = g^2 / (2 g^2 + sum_ab A^k_ab g^3)`` (0 where the denominator is
+    0) and ``w_k^c = sum_ij alpha_ij^kc ReLU(g)``. The paper's ``ReLU(dY^c/dA) =
+    exp(S^c) ReLU(g)`` carries a positive per-sample factor ``exp(S^c)`` that only rescales
+    the map; like pytorch-grad-cam we drop it (it also overflows for large scores).
+
+    Args:
+        eps: added to the alpha denominator (default 0, the paper's formula);
+            pytorch-grad-cam uses ``1e-6``.
+        **options: the common CAM options (see :class:`GradCAM`).
+    """
+
+    def __init__(self, *, eps: float = 0.0, **options: Any) -> None:
+        super().__init__(**options)
+        self.eps = float(eps)
+
+    def _weights(self, acts: Tensor, grads: Tensor) -> Tensor:
+        g2 = grads * grads
+        den = 2 * g2 + acts.sum(dim=(2, 3), keepdim=True) * g2 * grads + self.eps
+        alpha = _safe_div(g2, den)
+        return (alpha * F.relu(grads)).sum(dim=(2, 3), keepdim=True)
+
+
+@register_method("layercam")
+class LayerCAM(_CAM):
+    """LayerCAM (Jiang et al. 2021, IEEE TIP): one weight per position.
+
+    ``w_ij^kc = ReLU(dS^c/dA^k_ij)``, ``M^c = ReLU(sum_k w^kc_ij A^k_ij)``; meaningful at
+    shallow layers too, where channel-averaged weights are not.
+    """
+
+    def _weights(self, acts: Tensor, grads: Tensor) -> Tensor:
+        return F.relu(grads)
+
+
+@register_method("xgradcam")
+class XGradCAM(_CAM):
+    """XGrad-CAM (Fu et al. 2020, "Axiom-based Grad-CAM").
+
+    ``w_k^c = sum_ij (A^k_ij / sum_ab A^k_ab) dS^c/dA^k_ij`` (0 for a channel whose
+    activations sum to 0), derived from the sensitivity and conservation axioms.
+
+    Args:
+        eps: added to ``sum_ab A^k_ab`` (default 0, the paper); pytorch-grad-cam uses ``1e-7``.
+        **options: the common CAM options (see :class:`GradCAM`).
+    """
+
+    def __init__(self, *, eps: float = 0.0, **options: Any) -> None:
+        super().__init__(**options)
+        self.eps = float(eps)
+
+    def _weights(self, acts: Tensor, grads: Tensor) -> Tensor:
+        total = acts.sum(dim=(2, 3), keepdim=True) + self.eps
+        return _safe_div(grads * acts, total).sum(dim=(2, 3), keepdim=True)
+
+
+def _gap_linear_head(
+    model: nn.Module, x: Tensor, layer: nn.Module
+) -> tuple[Tensor, Tensor, nn.Linear]:
+    """Find the ``Linear`` that maps the global average of the layer's maps to the outputs.
+
+    Returns ``(outputs, feature maps f_k, linear)`` where ``outputs = linear(mean_ij f_k)`` is
+    verified numerically on ``x``; ``f`` is the layer's output or its ReLU (a ReLU between the
+    last conv and the pooling belongs to the conv's feature maps, as in Zhou et al.).
+    """
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    outputs, saved = _forward_capturing(model, x, [layer, *linears])
+    acts = saved[id(layer)]
+    _check_layer_output(layer, acts)
+    for lin in linears:
+        out = saved.get(id(lin))
+        if lin.in_features != acts.shape[1] or out is None or out.shape != outputs.shape:
+            continue
+        if not torch.allclose(out, outputs):
+            continue
+        for feats in (acts, F.relu(acts)):
+            pred = F.linear(feats.mean(dim=(2, 3)), lin.weight, lin.bias)
+            tol = 1e-4 * (1.0 + float(out.detach().abs().max()))
+            if torch.allclose(pred, out, rtol=1e-4, atol=tol):
+                return outputs, feats, lin
+    raise ValueError(
+        f"cam needs a global-average-pool + Linear head directly on the target layer "
+        f"({type(layer).__name__} with {acts.shape[1]} channels): outputs = "
+        f"Linear(mean_ij A_ij). This model's outputs are not such a function of that layer. Pass "
+        "layer=<the module whose output is pooled> (e.g. 'layer4' for a ResNet), or use "
+        "'gradcam', which generalises CAM to any head."
+    )
+
+
+@register_method("cam")
+class CAM(_CAM):
+    """Class activation mapping (Zhou et al. 2016, "Learning Deep Features for
+    Discriminative Localization").
+
+    For a network ending in global average pooling and one linear layer,
+    ``S_c = sum_k w_k^c mean_ij f_k(i, j) + b_c``; the map is ``M_c = sum_k w_k^c f_k`` with
+    ``w^c`` the linear layer's row for class ``c`` (so ``mean_ij M_c = S_c - b_c``). The head
+    is found and checked on the batch; ``f_k`` is the target layer's output, or its ReLU when
+    a ReLU sits between the layer and the pooling. Class targets only (no callables).
+    """
+
+    def _raw_map(self, model: nn.Module, x: Tensor, target: Target, layer: nn.Module) -> Tensor:
+        if callable(target) and not isinstance(target, Tensor):
+            raise TypeError(
+                "cam weighs maps by a class's row of the Linear head: pass class indices"
+            )
+        with torch.set_grad_enabled(self.create_graph):
+            outputs, feats, lin = _gap_linear_head(model, x, layer)
+            classes = fix_target(outputs, target)
+            assert isinstance(classes, Tensor)
+            w = lin.weight[classes]  # (B, K)
+            return (w[:, :, None, None] * feats).sum(dim=1, keepdim=True)
+
+
+_SCORE_RULES = ("probability", "probability_increase", "channel_softmax")
+
+
+@register_method("scorecam")
+class ScoreCAM(_CAM):
+    """Score-CAM (Wang et al. 2020, "Score-CAM: Score-Weighted Visual Explanations").
+
+    Each activation map is upsampled to the input and min-max normalised,
+    ``H_k = s(Up(A^k))``; the masked input ``X o H_k`` is scored by the model and
+    ``L^c = ReLU(sum_k alpha_k^c A^k)`` at the layer's resolution. ``weighting`` picks
+    ``alpha_k^c``:
+
+    - ``"probability"`` (default; the paper's and its authors' code): the softmax probability
+      of class ``c`` for ``X o H_k``;
+    - ``"probability_increase"``: the paper's "increase of confidence",
+      ``softmax(f(X o H_k))_c - softmax(f(X_b))_c`` with the baseline ``X_b = 0``;
+    - ``"channel_softmax"`` (pytorch-grad-cam): ``softmax_k`` of the target logit of
+      ``X o H_k``, so the weights sum to 1 over channels; differs from the others in scale and
+      in how strongly the best channels dominate.
+
+    With a callable target, its score replaces the class probability (no softmax). All
+    ``B * K`` masked forwards run without autograd in chunks of ``batch_size`` images
+    (default: about 2**22 input values per chunk). Forward passes only: not differentiable.
+
+    Args:
+        weighting: see above. batch_size: masked images per forward pass.
+        align_corners: of the bilinear mask upsampling (default False, as the authors' code;
+            pytorch-grad-cam uses True).
+        **options: the common CAM options (see :class:`GradCAM`; ``create_graph`` must be False).
+    """
+
+    differentiable = False
+
+    def __init__(
+        self,
+        *,
+        weighting: str = "probability",
+        batch_size: int | None = None,
+        align_corners: bool = False,
+        **options: Any,
+    ) -> None:
+        if options.get("create_graph"):
+            raise ValueError("scorecam uses forward passes only; it cannot take create_graph=True")
+        super().__init__(**options)
+        if weighting not in _SCORE_RULES:
+            raise ValueError(
+                f"weighting must be one of {', '.join(_SCORE_RULES)}, got {weighting!r}"
+            )
+        if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+        self.weighting = weighting
+        self.batch_size = batch_size
+        self.align_corners = align_corners
+
+    def _score(self, outputs: Tensor, target: Tensor | Any) -> Tensor:
+        if self.weighting == "channel_softmax" or not isinstance(target, Tensor):
+            return select(outputs, target)
+        return select(outputs.softmax(dim=1), target)
+
+    def _masks(self, acts: Tensor, size: tuple[int, int]) -> Tensor:
+        """``s(Up(A^k))`` for a chunk of ``(n, 1, h, w)`` maps."""
+        if tuple(acts.shape[-2:]) != size:
+            acts = F.interpolate(acts, size=size, mode="bilinear", align_corners=self.align_corners)
+        return _minmax(acts)
+
+    def _masked_scores(self, model: nn.Module, x: Tensor, acts: Tensor, target: Any) -> Tensor:
+        """Scores ``(B, K)`` of every masked input ``X_b o H_k``, chunked over ``B * K``."""
+        B, K = acts.shape[:2]
+        size = (x.shape[-2], x.shape[-1])
+        flat = acts.reshape(B * K, 1, *acts.shape[-2:])
+        chunk = self.batch_size or max(1, 2**22 // x[0].numel())
+        scores = []
+        for start in range(0, B * K, chunk):
+            maps = flat[start : start + chunk]
+            owner = torch.arange(start, start + maps.shape[0], device=x.device) // K
+            outputs = model(x[owner] * self._masks(maps, size))
+            tgt = target[owner] if isinstance(target, Tensor) else target
+            scores.append(self._score(outputs, tgt))
+        return torch.cat(scores).view(B, K)
+
+    def _raw_map(self, model: nn.Module, x: Tensor, target: Target, layer: nn.Module) -> Tensor:
+        with torch.no_grad():
+            outputs, saved = _forward_capturing(model, x, [layer])
+            acts = saved[id(layer)]
+            _check_layer_output(layer, acts)
+            fixed = fix_target(outputs, target)
+            scores = self._masked_scores(model, x, acts, fixed)
+            if self.weighting == "channel_softmax":
+                weights = scores.softmax(dim=1)
+            elif self.weighting == "probability_increase":
+                weights = scores - self._score(model(torch.zeros_like(x)), fixed)[:, None]
+            else:
+                weights = scores
+            return (weights[:, :, None, None] * acts).sum(dim=1, keepdim=True)
+
+
+@register_method("guided_gradcam")
+class GuidedGradCAM(GradCAM):
+    """Guided Grad-CAM (Selvaraju et al. 2017): guided backpropagation times Grad-CAM.
+
+    ``G^c = GuidedBackprop^c(x) * Up(ReLU(sum_k w_k^c A^k))``, shape ``(B, C, H, W)``. The
+    paper upsamples the Grad-CAM map bilinearly (our default); Captum's ``GuidedGradCam``
+    defaults to ``interpolate_mode="nearest"`` (pass ``interpolation="nearest"`` to match it).
+    ``relu`` and ``normalize`` apply to the Grad-CAM factor. Needs ``nn.ReLU`` modules for the
+    guided backward rule.
+    """
+
+    output = "input"
+
+    def __init__(self, **options: Any) -> None:
+        if options.get("upsample") is False:
+            raise ValueError("guided_gradcam multiplies at input resolution; upsample must be True")
+        super().__init__(**options)
+
+    def _attribute(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
+        cam = super()._attribute(model, x, target)
+        guided = GuidedBackprop(create_graph=self.create_graph)._attribute(model, x, target)
+        return guided * cam

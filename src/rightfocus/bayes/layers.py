@@ -93,7 +93,7 @@ class _BayesMixin(nn.Module):
 
     def reset_parameters(self) -> None:
         """Kaiming-uniform weight means, uniform(+-1/sqrt(fan_in)) bias means, constant rho."""
-        nn.init.kaiming_uniform_(self.mu_weight, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(self.mu_weight, nonlinearity="relu")
         nn.init.constant_(self.rho_weight, self.rho_init)
         if self.mu_bias is not None and self.rho_bias is not None:
             fan_in = self.mu_weight[0].numel()

@@ -44,26 +44,33 @@ def x_gradient(logits: Tensor, x: Tensor, target: Tensor, create_graph: bool = T
     return x * grad
 
 
-def _check_homogeneous(model: nn.Module) -> None:
-    try:
-        from rightfocus.models.xdnn import check_homogeneous
-    except ImportError as err:  # pragma: no cover - the models package ships xdnn
-        raise ImportError(
-            "rightfocus.models.xdnn.check_homogeneous is needed to verify that the model is an "
-            "X-DNN; pass force=True to skip the check"
-        ) from err
-    try:
-        result = check_homogeneous(model)
-    except ValueError as err:
+_HINT = (
+    "X-Gradient equals Integrated Gradients only on a positively homogeneous model (an X-DNN). "
+    "Convert it with rightfocus.models.xdnn.to_xdnn, or pass force=True to train anyway."
+)
+
+
+def _check_no_bias(model: nn.Module) -> None:
+    """Static part of the guard: an X-DNN has no bias terms (plain or Bayesian layers)."""
+    for name, module in model.named_modules():
+        for attr in ("bias", "mu_bias"):
+            if isinstance(getattr(module, attr, None), Tensor):
+                raise ValueError(
+                    f"Layer {name or type(model).__name__!r} ({type(module).__name__}) has a "
+                    f"bias, so the model is not positively homogeneous. {_HINT}"
+                )
+
+
+def _check_homogeneous(model: nn.Module, x: Tensor) -> None:
+    """Dynamic part: ``f(a x) = a f(x)`` on a few real inputs (the mean network, no grad)."""
+    from rightfocus.models.xdnn import check_homogeneous, homogeneity_error
+
+    sample = x[:16].detach()
+    if not check_homogeneous(model, sample):
+        err = homogeneity_error(model, sample)
         raise ValueError(
-            f"X-Gradient priors need a positively homogeneous model (an X-DNN): {err} Convert it "
-            "with rightfocus.models.xdnn.to_xdnn, or pass force=True to train anyway."
-        ) from err
-    if result is False:
-        raise ValueError(
-            f"{type(model).__name__} is not positively homogeneous (it has biases or "
-            "non-homogeneous layers), so X-Gradient is not Integrated Gradients on it. Convert it "
-            "with rightfocus.models.xdnn.to_xdnn, or pass force=True to train anyway."
+            f"{type(model).__name__} is not positively homogeneous on this batch "
+            f"(max relative deviation of f(a x) from a f(x): {err:.3g}). {_HINT}"
         )
 
 
@@ -117,11 +124,9 @@ class XGradientPrior(Guidance):
         self._checked: set[int] = set()
 
     def check(self, model: nn.Module) -> None:
-        """Refuse non-homogeneous models unless ``force=True`` (checked once per model)."""
-        if self.force or id(model) in self._checked:
-            return
-        _check_homogeneous(model)
-        self._checked.add(id(model))
+        """Refuse models with bias terms unless ``force=True``."""
+        if not self.force:
+            _check_no_bias(model)
 
     def loss_terms(self, model: nn.Module, batch: GuidedBatch, logits: Tensor) -> dict[str, Tensor]:
         if not batch.x.requires_grad:
@@ -129,7 +134,10 @@ class XGradientPrior(Guidance):
                 "xgradient_prior needs the forward input to require grad; run it through "
                 "guided_forward or call x.requires_grad_() before the forward pass."
             )
-        self.check(model)
+        if not self.force and id(model) not in self._checked:
+            _check_no_bias(model)
+            _check_homogeneous(model, batch.x)  # once per model, on its first batch
+            self._checked.add(id(model))
         self._guard.update(batch.mask)
         target = batch.y if self.target == "label" else logits.argmax(1)
         attr = x_gradient(logits, batch.x, target, create_graph=True)

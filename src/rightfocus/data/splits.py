@@ -1,0 +1,153 @@
+"""Splits for the evaluation protocol: k-fold CV over the train pool, feedback fraction, weights.
+
+The protocol of "Regularizing Explanations in Bayesian CNNs": 3-fold cross-validation over
+train+val (one model per fold), each model tested on the independent test set (the dataset
+factory's ``split="test"``, which never enters a fold); only 70 % of the training samples keep
+their explanation mask (``remove_exp = 0.3``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, Subset
+
+__all__ = [
+    "FeedbackSubset",
+    "class_balanced_weights",
+    "class_weights",
+    "dataset_labels",
+    "fold_subsets",
+    "kfold_split",
+]
+
+
+def kfold_split(n: int, k: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(train_idx, val_idx)`` of fold ``fold`` of a seeded k-fold split of ``range(n)``.
+
+    The permutation of ``range(n)`` depends only on ``(n, seed)``, so the ``k`` folds of one
+    seed are disjoint and their validation parts cover ``range(n)``. Fold sizes differ by at
+    most one. Both arrays are sorted int64.
+
+    Example:
+        >>> tr, va = kfold_split(10, 3, 0, seed=0)
+        >>> len(tr), len(va), sorted(set(tr) | set(va)) == list(range(10))
+        (6, 4, True)
+    """
+    for name, value in (("n", n), ("k", k), ("fold", fold), ("seed", seed)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if k < 2:
+        raise ValueError(f"k must be >= 2 folds, got {k}")
+    if n < k:
+        raise ValueError(f"cannot split {n} samples into {k} folds: need n >= k")
+    if not 0 <= fold < k:
+        raise ValueError(f"fold must be in [0, {k - 1}], got {fold}")
+    perm = np.random.default_rng(seed).permutation(n)
+    parts = np.array_split(perm, k)
+    val = np.sort(parts[fold]).astype(np.int64)
+    train = np.sort(np.concatenate([p for i, p in enumerate(parts) if i != fold])).astype(np.int64)
+    return train, val
+
+
+def fold_subsets(dataset: Dataset[Any], k: int, fold: int, seed: int) -> tuple[Subset, Subset]:
+    """``(train, val)`` :class:`~torch.utils.data.Subset` views of ``dataset`` for one fold."""
+    train, val = kfold_split(len(dataset), k, fold, seed)  # type: ignore[arg-type]
+    return Subset(dataset, train.tolist()), Subset(dataset, val.tolist())
+
+
+class FeedbackSubset(Dataset[tuple[Tensor, Tensor, Tensor]]):
+    """Keep the explanation mask on a random ``keep_fraction`` of samples, zero it on the rest.
+
+    All samples stay in the dataset (images and labels unchanged); exactly
+    ``round(keep_fraction * len(dataset))`` of them keep their mask (the paper's
+    ``remove_exp = 0.3`` is ``keep_fraction = 0.7``).
+
+    Attributes:
+        dataset: the wrapped ``(image, label, mask)`` dataset.
+        kept: sorted int64 indices of the samples that keep their mask.
+    """
+
+    def __init__(self, dataset: Dataset[Any], keep_fraction: float = 0.7, seed: int = 0) -> None:
+        if not 0.0 <= float(keep_fraction) <= 1.0:
+            raise ValueError(f"keep_fraction must be in [0, 1], got {keep_fraction}")
+        n = len(dataset)  # type: ignore[arg-type]
+        self.dataset = dataset
+        self.keep_fraction = float(keep_fraction)
+        n_keep = int(round(self.keep_fraction * n))
+        rng = np.random.default_rng(seed)
+        self.kept = np.sort(rng.choice(n, size=n_keep, replace=False)).astype(np.int64)
+        self._keep = np.zeros(n, dtype=bool)
+        self._keep[self.kept] = True
+
+    def __len__(self) -> int:
+        return int(self._keep.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
+        image, label, mask = self.dataset[index]
+        if not self._keep[index]:
+            mask = torch.zeros_like(mask)
+        return image, label, mask
+
+    def __getattr__(self, name: str) -> Any:
+        # Forward dataset attributes (e.g. ``targets``, ``class_weights``); ``dataset`` itself is
+        # looked up in ``__dict__`` so unpickling (before it is set) cannot recurse.
+        if name == "dataset" or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def dataset_labels(dataset: Dataset[Any]) -> np.ndarray:
+    """Integer labels of a dataset: its ``targets``/``labels`` attribute, else by iterating.
+
+    Handles :class:`~torch.utils.data.Subset` (including nested ones) without loading images.
+    """
+    if isinstance(dataset, Subset):
+        return dataset_labels(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
+    for attr in ("targets", "labels"):
+        value = getattr(dataset, attr, None)
+        if value is not None:
+            return np.asarray(value.tolist() if isinstance(value, Tensor) else value, np.int64)
+    return np.asarray([int(dataset[i][1]) for i in range(len(dataset))], dtype=np.int64)  # type: ignore[arg-type]
+
+
+def _labels_array(labels: Sequence[int] | np.ndarray | Tensor) -> np.ndarray:
+    arr = np.asarray(labels.tolist() if isinstance(labels, Tensor) else labels)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"labels must be a non-empty 1-D sequence, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer) or arr.min() < 0:
+        raise ValueError("labels must be non-negative integers (class indices)")
+    return arr.astype(np.int64)
+
+
+def class_weights(
+    labels: Sequence[int] | np.ndarray | Tensor, num_classes: int | None = None
+) -> Tensor:
+    """Per-class loss weights ``max_c count_c / count_c`` (the largest class gets 1).
+
+    This is the paper's ISIC weighting: malignant ``11618/1376`` = #benign / #malignant.
+    Classes absent from ``labels`` get weight 0.
+    """
+    arr = _labels_array(labels)
+    counts = np.bincount(arr, minlength=num_classes or 0).astype(np.float64)
+    weights = np.where(counts > 0, counts.max() / np.maximum(counts, 1.0), 0.0)
+    return torch.from_numpy(weights).to(torch.float32)
+
+
+def class_balanced_weights(labels: Sequence[int] | np.ndarray | Tensor) -> Tensor:
+    """Per-sample weights ``1 / count(label)`` normalised to sum 1, for ``WeightedRandomSampler``.
+
+    Every class then has the same total sampling probability.
+
+    Example:
+        >>> class_balanced_weights([0, 0, 0, 1]).tolist()
+        [0.1666666716337204, 0.1666666716337204, 0.1666666716337204, 0.5]
+    """
+    arr = _labels_array(labels)
+    counts = np.bincount(arr)
+    w = 1.0 / counts[arr]
+    return torch.from_numpy(w / w.sum()).to(torch.float32)

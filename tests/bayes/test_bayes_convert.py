@@ -1,0 +1,114 @@
+"""to_bayesian / to_deterministic: weights to means, function preserved, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from rightfocus import _modules, bayes, hooks
+from rightfocus.bayes import BayesConv2d, BayesLinear
+from rightfocus.models import LeNet, LeNet5
+
+
+@pytest.mark.parametrize("arch", [LeNet, LeNet5])
+def test_every_conv_and_linear_becomes_bayesian_with_copied_means(arch) -> None:
+    model = arch()
+    bnn = bayes.to_bayesian(model, rho_init=-2.0, prior_sigma=0.2)
+    plain = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    layers = bayes.bayesian_layers(bnn)
+    assert len(layers) == len(plain) == 5
+    assert not any(isinstance(m, (nn.Conv2d, nn.Linear)) for m in bnn.modules())
+    assert [type(m) for m in layers] == [BayesConv2d] * 2 + [BayesLinear] * 3
+    for old, new in zip(plain, layers):
+        assert torch.equal(new.mu_weight, old.weight) and torch.equal(new.mu_bias, old.bias)  # type: ignore[arg-type]
+        assert torch.all(new.rho_weight == -2.0) and new.prior_sigma == 0.2
+    assert bayes.is_bayesian(bnn) and not bayes.is_bayesian(model)
+    assert _modules.last_conv(bnn) is bnn.features.conv2  # the paper's feedback layer
+
+
+@pytest.mark.parametrize("arch", [LeNet, LeNet5])
+def test_near_zero_variance_reproduces_the_original_function(arch) -> None:
+    model = arch().double().eval()
+    x = torch.rand(4, 1, 28, 28, dtype=torch.float64)
+    bnn = bayes.to_bayesian(model, rho_init=-40.0)
+    with torch.no_grad():
+        reference = model(x)
+        torch.testing.assert_close(bnn(x), reference, rtol=0, atol=1e-5)  # eval: mean network
+        bnn.train()
+        with hooks.sampling(bnn, False):
+            torch.testing.assert_close(bnn(x), reference, rtol=0, atol=1e-5)
+        # Sampling: sigma ~ 4e-18, but the paper's sqrt(var + 1e-8) floors each pre-activation's
+        # std at 1e-4, so sampled logits differ by a few 1e-4 (5e-3 is > 10 such std).
+        torch.testing.assert_close(bnn(x), reference, rtol=0, atol=5e-3)
+        back = bayes.to_deterministic(bnn)
+        torch.testing.assert_close(back.eval()(x), reference, rtol=0, atol=1e-12)
+    assert list(back.state_dict()) == list(model.state_dict())
+    assert all(
+        torch.equal(a, b) for a, b in zip(back.state_dict().values(), model.state_dict().values())
+    )
+
+
+def test_conversion_keeps_original_untouched_and_flags_dtype_sharing() -> None:
+    shared = nn.Linear(4, 4)
+    inner = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), shared)
+    model = nn.Sequential(inner, shared).double()
+    model[0][0].eval()
+    bnn = bayes.to_bayesian(model)
+    assert isinstance(model[0][0], nn.Conv2d) and isinstance(model[1], nn.Linear)
+    assert bnn[0][2] is bnn[1] and isinstance(bnn[1], BayesLinear)
+    assert not bnn[0][0].training and bnn[1].training
+    assert bnn[1].mu_weight.dtype == torch.float64
+    back = bayes.to_deterministic(bnn)
+    assert back[0][2] is back[1] and not back[0][0].training
+    assert back[1].weight.dtype == torch.float64
+
+
+def test_bare_layers_convert_too() -> None:
+    conv = nn.Conv2d(2, 3, 3, stride=2, padding=1)
+    bconv = bayes.to_bayesian(conv)
+    assert isinstance(bconv, BayesConv2d) and bconv.stride == (2, 2) and bconv.padding == (1, 1)
+    assert isinstance(bayes.to_deterministic(bconv), nn.Conv2d)
+
+
+def test_model_kl_is_the_sum_over_layers() -> None:
+    bnn = bayes.to_bayesian(LeNet(), rho_init=-2.0)
+    expected = sum(layer.kl() for layer in bayes.bayesian_layers(bnn))
+    torch.testing.assert_close(bayes.kl(bnn), expected)
+    with pytest.raises(ValueError, match="has no Bayesian layer"):
+        bayes.kl(LeNet())
+
+
+def test_rho_init_sets_sigma() -> None:
+    bnn = bayes.to_bayesian(LeNet(), rho_init=-2.0)
+    sigma = bnn.features.conv1.sigma_weight
+    torch.testing.assert_close(sigma, torch.full_like(sigma, math.log1p(math.exp(-2.0)) + 1e-8))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"rho_init": float("nan")}, ValueError, "rho_init must be finite"),
+        ({"rho_init": float("-inf")}, ValueError, "rho_init must be finite"),
+        ({"prior_sigma": 0.0}, ValueError, "prior_sigma must be a finite number > 0"),
+        ({"prior_sigma": -0.1}, ValueError, "prior_sigma must be a finite number > 0"),
+    ],
+)
+def test_bad_hyperparameters_are_refused(kwargs, error, message: str) -> None:
+    with pytest.raises(error, match=message):
+        bayes.to_bayesian(LeNet(), **kwargs)
+
+
+def test_models_without_layers_to_convert_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"no nn.Conv2d or nn.Linear layer to convert \(none\)"):
+        bayes.to_bayesian(nn.Sequential(nn.ReLU(), nn.Flatten()))
+    with pytest.raises(ValueError, match="already Bayesian"):
+        bayes.to_bayesian(bayes.to_bayesian(LeNet()))
+    with pytest.raises(ValueError, match="nothing to convert back"):
+        bayes.to_deterministic(LeNet())
+    with pytest.raises(TypeError, match="must be an nn.Module"):
+        bayes.to_bayesian("lenet")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="padding_mode='reflect'"):
+        bayes.to_bayesian(nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect"))

@@ -1,0 +1,91 @@
+"""k-fold splits, the feedback fraction and class-balanced weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import WeightedRandomSampler
+
+from rightfocus.data import (
+    FeedbackSubset,
+    MaskedTensorDataset,
+    class_balanced_weights,
+    class_weights,
+    fold_subsets,
+    kfold_split,
+)
+
+
+@pytest.mark.parametrize("n,k", [(10, 3), (101, 3), (7, 7), (50, 5)])
+def test_folds_disjoint_and_cover(n: int, k: int) -> None:
+    vals = []
+    for fold in range(k):
+        tr, va = kfold_split(n, k, fold, seed=4)
+        assert set(tr).isdisjoint(va)
+        assert sorted(np.concatenate([tr, va]).tolist()) == list(range(n))
+        vals.append(va)
+    allval = np.concatenate(vals)
+    assert sorted(allval.tolist()) == list(range(n))  # each sample validated exactly once
+    assert max(map(len, vals)) - min(map(len, vals)) <= 1
+
+
+def test_seeded() -> None:
+    a = kfold_split(30, 3, 1, seed=0)
+    assert all(np.array_equal(u, v) for u, v in zip(a, kfold_split(30, 3, 1, seed=0), strict=True))
+    assert not np.array_equal(a[1], kfold_split(30, 3, 1, seed=1)[1])
+
+
+def test_test_set_never_in_a_fold() -> None:
+    from rightfocus import DATASETS
+
+    factory = DATASETS.get("mnist")
+    train, test = factory(split="train"), factory(split="test")
+    test_keys = {t.numpy().tobytes() for t in test.images}
+    for fold in range(3):
+        tr, va = fold_subsets(train, 3, fold, seed=8434)
+        for sub in (tr, va):
+            idx = sub.indices[:200]
+            assert not any(train.images[i].numpy().tobytes() in test_keys for i in idx)
+
+
+@pytest.mark.parametrize("n,frac", [(100, 0.7), (101, 0.7), (13, 0.3), (10, 0.0), (10, 1.0)])
+def test_feedback_fraction_exact(n: int, frac: float) -> None:
+    ds = MaskedTensorDataset(torch.rand(n, 1, 4, 4), torch.arange(n) % 2, torch.ones(n, 1, 4, 4))
+    sub = FeedbackSubset(ds, keep_fraction=frac, seed=2)
+    with_mask = sum(int(sub[i][2].sum() > 0) for i in range(n))
+    assert abs(with_mask - frac * n) <= 1 and with_mask == len(sub.kept)
+    for i in range(n):
+        assert torch.equal(sub[i][0], ds[i][0]) and int(sub[i][1]) == int(ds[i][1])
+        assert bool(sub[i][2].sum() > 0) == (i in set(sub.kept.tolist()))
+    assert len(sub) == n and sub.targets == ds.targets  # attributes forwarded
+    other = FeedbackSubset(ds, keep_fraction=0.5, seed=3).kept
+    if 0 < frac < 1 and n > 20:
+        assert not np.array_equal(FeedbackSubset(ds, 0.5, seed=2).kept, other)
+
+
+def test_class_weights() -> None:
+    labels = [0] * 6 + [1] * 2 + [2] * 3
+    w = class_balanced_weights(labels)
+    per_class = [float(w[np.array(labels) == c].sum()) for c in range(3)]
+    assert per_class == pytest.approx([1 / 3] * 3)
+    assert float(w.sum()) == pytest.approx(1.0)
+    WeightedRandomSampler(w, num_samples=5)  # accepted by torch
+    cw = class_weights(torch.tensor(labels), num_classes=4)
+    assert cw.tolist() == pytest.approx([1.0, 3.0, 2.0, 0.0])
+
+
+def test_bad_input() -> None:
+    with pytest.raises(ValueError, match="fold"):
+        kfold_split(10, 3, 3, 0)
+    with pytest.raises(ValueError, match="n >= k"):
+        kfold_split(2, 3, 0, 0)
+    with pytest.raises(ValueError, match="k must be"):
+        kfold_split(10, 1, 0, 0)
+    with pytest.raises(TypeError, match="int"):
+        kfold_split(10.0, 3, 0, 0)  # type: ignore[arg-type]
+    ds = MaskedTensorDataset(torch.rand(4, 1, 2, 2), torch.arange(4))
+    with pytest.raises(ValueError, match="keep_fraction"):
+        FeedbackSubset(ds, keep_fraction=1.5)
+    with pytest.raises(ValueError, match="non-negative"):
+        class_balanced_weights([0, -1])
