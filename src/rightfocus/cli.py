@@ -77,6 +77,94 @@ def demo_cmd(
     console.print(f"Attribution grid written to {result.figure}")
 
 
+def _fail(err: Exception) -> typer.Exit:
+    """Print a user error (bad config, conflicting run folder, corrupt checkpoint) and exit 2."""
+    console.print(f"[bold red]Error:[/] {err}", markup=True, highlight=False)
+    return typer.Exit(code=2)
+
+
+def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}")
+    return table
+
+
+@app.command("train")
+def train_cmd(
+    config: str = typer.Argument(..., help="Experiment YAML (see configs/)."),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override a config field: section.key=value (YAML value); repeatable."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar, model summary or info logs."),
+) -> None:
+    """Train a run, or resume it from its last checkpoint, then write test metrics.json.
+
+    The run folder is <runs_dir>/<experiment>/<run>/. Rerunning the same command after a crash
+    continues where it stopped; a folder made by a different config is refused.
+
+    Example: rightfocus train configs/decoy_mnist_color_lenet.yaml --set optim.lr=1e-3 --set run=lr3
+    """
+    from rightfocus.engine.checkpoint import CheckpointError
+    from rightfocus.engine.config import ConfigError, load_config
+    from rightfocus.engine.run import RunConflictError, run_experiment
+
+    try:
+        cfg = load_config(config, set_)
+        metrics = run_experiment(cfg, quiet=quiet)
+    except (ConfigError, RunConflictError, CheckpointError, FileNotFoundError) as err:
+        raise _fail(err) from None
+    if metrics:
+        console.print(_metrics_table(f"Test metrics ({cfg.run_dir})", metrics))
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run: str = typer.Argument(..., help="Run folder (holds config.yaml and checkpoints/)."),
+    split: str = typer.Option("test", help="test (writes metrics.json) or val (metrics_val.json)."),
+) -> None:
+    """Recompute a run's metrics from its best (else last) checkpoint and print them.
+
+    Example: rightfocus evaluate runs/decoy_mnist_color/lenet --split test
+    """
+    from rightfocus.engine.checkpoint import CheckpointError
+    from rightfocus.engine.config import ConfigError
+    from rightfocus.engine.run import evaluate_run
+
+    try:
+        metrics = evaluate_run(run, split=split)
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as err:
+        raise _fail(err) from None
+    console.print(_metrics_table(f"{split} metrics ({run})", metrics))
+
+
+@app.command("explain")
+def explain_cmd(
+    run: str = typer.Argument(..., help="Run folder."),
+    method: list[str] = typer.Option(
+        ["gradcam"], "--method", help="Attribution method (repeat for several columns)."
+    ),
+    n: int = typer.Option(16, "--n", help="Number of images (rows)."),
+    split: str = typer.Option("test", help="test or val."),
+    out: str = typer.Option(None, help="PNG path (default <run>/figures/explain_<methods>.png)."),
+) -> None:
+    """Write a PNG grid: image with mask outline, then one attribution map per method.
+
+    Example: rightfocus explain runs/decoy_mnist_color/lenet --method gradcam --method saliency --n 8
+    """
+    from rightfocus.engine.checkpoint import CheckpointError
+    from rightfocus.engine.config import ConfigError
+    from rightfocus.engine.run import explain_run
+
+    try:
+        path = explain_run(run, methods=method, n=n, split=split, out=out)
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as err:
+        raise _fail(err) from None
+    console.print(f"Attribution grid written to {path}")
+
+
 @app.command("version")
 def version_cmd() -> None:
     """Print the version."""

@@ -9,12 +9,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.conftest import TinyCNN
 from torch import Tensor, nn
 
 from rightfocus import attribute, hooks
 from rightfocus.attribution.cam import ScoreCAM
 from rightfocus.models import LeNet
-from tests.conftest import TinyCNN
 
 TOL = {"rtol": 1e-10, "atol": 1e-12}
 DIFFERENTIABLE = ["cam", "gradcam", "gradcam_plus_plus", "layercam", "xgradcam", "guided_gradcam"]
@@ -94,9 +94,7 @@ def ref_layercam_weights(A: Tensor, g: Tensor) -> Tensor:
 
 
 def ref_xgradcam_weights(A: Tensor, g: Tensor) -> Tensor:
-    return torch.stack([(A[k] / A[k].sum() * g[k]).sum() for k in range(A.shape[0])])[
-        :, None, None
-    ]
+    return torch.stack([(A[k] / A[k].sum() * g[k]).sum() for k in range(A.shape[0])])[:, None, None]
 
 
 REFS = {
@@ -129,7 +127,8 @@ def test_gradient_cams_match_paper_reference(model, x, target, name):
 def test_gradcam_default_layer_and_predicted_class(model, x):
     predicted = model(x).argmax(1)
     torch.testing.assert_close(
-        attribute(model, x, None, "gradcam"), attribute(model, x, predicted, "gradcam", layer="conv2")
+        attribute(model, x, None, "gradcam"),
+        attribute(model, x, predicted, "gradcam", layer="conv2"),
     )
 
 
@@ -173,7 +172,10 @@ def ref_scorecam(model, x, target, layer, weighting="probability", align_corners
         with torch.no_grad():
             for k in range(A.shape[0]):
                 up = F.interpolate(
-                    A[k][None, None], size=x.shape[-2:], mode="bilinear", align_corners=align_corners
+                    A[k][None, None],
+                    size=x.shape[-2:],
+                    mode="bilinear",
+                    align_corners=align_corners,
                 )[0, 0]
                 h = (up - up.min()) / (up.max() - up.min() + 1e-8)
                 out = model((x[i] * h)[None])[0]
@@ -211,13 +213,31 @@ def test_scorecam_chunking_batch_independence_and_determinism(model, target):
     assert ScoreCAM.differentiable is False and not full.requires_grad
 
 
+def test_scorecam_constant_maps_share_the_zero_image_forward(x, target):
+    """Dead channels (all-zero maps) get mask 0: one zero-image forward replaces theirs."""
+    model = StridedCNN().double().eval()
+    with torch.no_grad():
+        model.conv2.bias[:2] = -1e3  # channels 0 and 1 of relu2 are 0 everywhere
+    seen: list[int] = []
+    handle = model.register_forward_pre_hook(lambda _m, inp: seen.append(inp[0].shape[0]))
+    try:
+        raw = attribute(model, x, target, "scorecam", layer="relu2", relu=False, upsample=False)
+    finally:
+        handle.remove()
+    expected = ref_scorecam(model, x, target, model.relu2)
+    torch.testing.assert_close(raw, expected, **TOL)
+    assert sum(seen) == 3 + 1 + 3 * 3  # clean batch, zero image, 3 live channels per sample
+
+
 def ref_guided_backprop(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
     """Guided backprop from the paper: clamp the gradient leaving every ReLU at 0."""
 
     def clamp(_m: nn.Module, grad_in: tuple[Tensor, ...], _g: object) -> tuple[Tensor]:
         return (grad_in[0].clamp(min=0),)
 
-    handles = [m.register_full_backward_hook(clamp) for m in model.modules() if isinstance(m, nn.ReLU)]
+    handles = [
+        m.register_full_backward_hook(clamp) for m in model.modules() if isinstance(m, nn.ReLU)
+    ]
     try:
         rows = []
         for i in range(x.shape[0]):
@@ -292,7 +312,9 @@ def test_layer_with_non_4d_output(model, x, name):
 
 def test_cam_needs_gap_linear_head(x):
     with pytest.raises(ValueError, match="global-average-pool \\+ Linear head"):
-        attribute(LeNet().double().eval(), torch.rand(2, 1, 28, 28, dtype=torch.float64), None, "cam")
+        attribute(
+            LeNet().double().eval(), torch.rand(2, 1, 28, 28, dtype=torch.float64), None, "cam"
+        )
     with pytest.raises(ValueError, match="global-average-pool"):  # a layer before the last conv
         attribute(StridedCNN().double().eval(), x, None, "cam", layer="conv1")
     with pytest.raises(TypeError, match="class indices"):

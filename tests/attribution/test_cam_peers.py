@@ -25,9 +25,9 @@ from torch import Tensor, nn
 pgc = pytest.importorskip("pytorch_grad_cam")
 captum_attr = pytest.importorskip("captum.attr")
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
+from tests.conftest import TinyCNN  # noqa: E402
 
 from rightfocus import attribute  # noqa: E402
-from tests.conftest import TinyCNN  # noqa: E402
 
 RTOL = 1e-5
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -101,7 +101,9 @@ def test_vs_pytorch_grad_cam_full_pipeline_without_resize(name, peer, opts):
         theirs = cam(input_tensor=x, targets=targets)
     ours = attribute(model, x, torch.tensor([1, 3]), name, normalize=True, **opts)
     # float32 output and their 1e-7 vs our 1e-8 in the min-max denominator: 1e-4 absolute
-    torch.testing.assert_close(ours[:, 0], torch.as_tensor(theirs, dtype=torch.float64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        ours[:, 0], torch.as_tensor(theirs, dtype=torch.float64), atol=1e-4, rtol=0
+    )
 
 
 def test_scorecam_vs_pytorch_grad_cam(model, x, target):

@@ -154,9 +154,7 @@ def test_integrated_gradients_completeness_smooth_cnn(act, x):
     model = TinyCNN(in_channels=2, classes=5, act=act).double().eval()
     baseline = torch.zeros_like(x)
     target = model(x).argmax(1)
-    attr, delta = attribute(
-        model, x, target, "integrated_gradients", n_steps=64, return_delta=True
-    )
+    attr, delta = attribute(model, x, target, "integrated_gradients", n_steps=64, return_delta=True)
     with torch.no_grad():
         gap = model(x).gather(1, target[:, None]) - model(baseline).gather(1, target[:, None])
     gap = gap.squeeze(1)
@@ -172,7 +170,12 @@ def test_integrated_gradients_completeness_gap_falls_with_steps_on_relu_cnn():
     gaps = []
     for steps in (4, 32, 256):
         _, delta = attribute(
-            model, x, 0, "integrated_gradients", n_steps=steps, return_delta=True,
+            model,
+            x,
+            0,
+            "integrated_gradients",
+            n_steps=steps,
+            return_delta=True,
             integration="riemann_middle",
         )
         gaps.append(float(delta.abs().mean()))
@@ -277,8 +280,9 @@ def test_create_graph_result_is_differentiable_wrt_parameters(method, model, x, 
     # Double backward of the saliency through the graph matches a finite difference.
     if method == "saliency":
         w = model.fc.weight
-        (gw,) = torch.autograd.grad(attribute(model, x, target, method, create_graph=True)
-                                    .pow(2).sum(), w)
+        (gw,) = torch.autograd.grad(
+            attribute(model, x, target, method, create_graph=True).pow(2).sum(), w
+        )
         eps = 1e-6
         with torch.no_grad():
             w[1, 2] += eps

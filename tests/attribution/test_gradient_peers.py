@@ -58,7 +58,8 @@ def test_input_x_gradient_vs_captum(model, x, target):
 
 
 @pytest.mark.parametrize(
-    "rule", ["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"]
+    "rule",
+    ["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"],
 )
 @pytest.mark.parametrize("baseline_kind", ["zero", "number", "tensor"])
 def test_integrated_gradients_vs_captum(model, x, target, rule, baseline_kind):
@@ -81,9 +82,7 @@ def test_integrated_gradients_vs_captum(model, x, target, rule, baseline_kind):
 
 
 def test_integrated_gradients_internal_batch_size_vs_captum(model, x, target):
-    ours = attribute(
-        model, x, target, "integrated_gradients", n_steps=10, internal_batch_size=7
-    )
+    ours = attribute(model, x, target, "integrated_gradients", n_steps=10, internal_batch_size=7)
     ref = captum_attr.IntegratedGradients(model).attribute(
         x, target=target, n_steps=10, internal_batch_size=7
     )
@@ -142,7 +141,10 @@ def _captum_noise(seed: int, x: torch.Tensor, n: int, stdev: float) -> torch.Ten
 @pytest.mark.parametrize("base", ["saliency", "integrated_gradients"])
 def test_noise_tunnel_vs_captum(model, x, target, kind, base):
     n, stdev = 6, 0.4
-    peer = {"saliency": captum_attr.Saliency, "integrated_gradients": captum_attr.IntegratedGradients}
+    peer = {
+        "saliency": captum_attr.Saliency,
+        "integrated_gradients": captum_attr.IntegratedGradients,
+    }
     opts = {"saliency": {"abs": False}, "integrated_gradients": {"n_steps": 8}}[base]
     torch.manual_seed(11)
     ref = captum_attr.NoiseTunnel(peer[base](model)).attribute(

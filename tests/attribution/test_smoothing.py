@@ -122,7 +122,9 @@ def test_callable_target(model, x):
 
 
 def test_base_options_and_instances(model, x):
-    by_name = attribute(model, x, 1, "smoothgrad_sq", base="saliency", abs=True, n_samples=3, seed=0)
+    by_name = attribute(
+        model, x, 1, "smoothgrad_sq", base="saliency", abs=True, n_samples=3, seed=0
+    )
     inst = NoiseTunnel(Saliency(abs=True), kind="smoothgrad_sq", n_samples=3, seed=0)
     torch.testing.assert_close(inst(model, x, 1), by_name)
     ig = attribute(model, x, 1, "smoothgrad", base="integrated_gradients", n_steps=4,

