@@ -332,3 +332,10 @@ def test_bad_options():
         attribute(StridedCNN(), torch.rand(1, 2, 8, 8), None, "gradcam", interpolation="area")
     with pytest.raises(ValueError, match="upsample must be True"):
         attribute(StridedCNN(), torch.rand(1, 2, 8, 8), None, "guided_gradcam", upsample=False)
+
+
+@pytest.mark.parametrize("name", [*sorted(REFS), "cam", "scorecam", "guided_gradcam"])
+def test_works_inside_no_grad(model, x, target, name):
+    expected = attribute(model, x, target, name)
+    with torch.no_grad():
+        torch.testing.assert_close(attribute(model, x, target, name), expected)

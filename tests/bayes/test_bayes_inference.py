@@ -115,28 +115,37 @@ def test_uncertainty_measures_refuse_bad_shapes() -> None:
 
 @pytest.mark.slow
 def test_bayesian_lenet_learns_mnist_without_nan() -> None:
-    """Paper setup on the 5,000 bundled MNIST digits: rho_init=-2, Adam 1e-3, batch 128,
-    ELBO = summed CE + KL / batches per epoch; 300 steps."""
+    """Bayesian LeNet (rho_init=-2) on the 4,000 bundled MNIST training digits, 400 Adam steps.
+
+    Loss: the ELBO, summed CE + KL / batches per epoch, with the KL weight warmed up linearly
+    from 0 to 1 over the first 150 steps. Measured without warm-up: with the paper's lr 1e-3 and
+    batch 128 nothing is learned in 300 steps, and even at lr 5e-3 some seeds collapse to the
+    prior (KL -> 0, 10 % accuracy): with 4,000 instead of 60,000 digits the KL is 15x heavier
+    per sample. Batch 64, lr 5e-3; accuracy of the 10-sample MC prediction (~0.92 measured).
+    """
     from rightfocus.data.mnist import bundled_mnist
 
     torch.manual_seed(8434)
     (x_train, y_train), (x_test, y_test) = bundled_mnist(seed=0)
     model = bayes.to_bayesian(LeNet(), rho_init=-2.0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    num_batches = math.ceil(len(x_train) / 128)
+    for layer in bayes.bayesian_layers(model):
+        layer.reset_parameters()  # fresh means (Kaiming-uniform, ReLU) as in the paper
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
+    num_batches = math.ceil(len(x_train) / 64)
     generator = torch.Generator().manual_seed(0)
     step = 0
-    while step < 300:
-        for idx in torch.randperm(len(x_train), generator=generator).split(128):
+    while step < 400:
+        for idx in torch.randperm(len(x_train), generator=generator).split(64):
             terms = bayes.elbo_terms(model(x_train[idx]), y_train[idx], model, num_batches)
-            loss = terms["nll"] + terms["kl"]
+            loss = terms["nll"] + min(1.0, step / 150) * terms["kl"]
             assert torch.isfinite(loss), f"loss became {loss} at step {step}"
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             step += 1
-            if step == 300:
+            if step == 400:
                 break
+    assert all(torch.isfinite(p).all() for p in model.parameters())
     pred = bayes.mc_predict(model, x_test, samples=10)
     accuracy = (pred.probs.argmax(-1) == y_test).float().mean().item()
     assert torch.isfinite(pred.logits).all()

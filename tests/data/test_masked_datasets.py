@@ -14,7 +14,7 @@ from rightfocus import DATASETS
 from rightfocus.data import PairedTransform
 from rightfocus.data.transforms import IMAGENET_NORMALIZATION
 
-RAW = dict(image_size=None, normalization=None)  # no resize/normalisation: exact pixel checks
+RAW = dict(native_size=True, normalization=None)  # no resize/normalisation: exact pixel checks
 
 
 def _rgb(path: Path, h: int = 20, w: int = 24, seed: int = 0) -> np.ndarray:
@@ -65,7 +65,9 @@ def test_isic_layout_split_masks_and_weights(tmp_path: Path) -> None:
     assert tr.class_weights.tolist() == pytest.approx([1.0, counts[0] / counts[1]])
     # ImageNet normalisation by default
     x0 = tr[0][0]
-    raw = DATASETS.get("isic")(split="train", root=str(tmp_path), image_size=16, normalization=None)[0][0]
+    raw = DATASETS.get("isic")(
+        split="train", root=str(tmp_path), image_size=16, normalization=None
+    )[0][0]
     mean, std = (torch.tensor(v).view(3, 1, 1) for v in IMAGENET_NORMALIZATION)
     assert torch.allclose(x0, (raw - mean) / std, atol=1e-5)
 
@@ -85,7 +87,10 @@ def test_isic_missing_class_folder_and_empty(tmp_path: Path) -> None:
 def _pet(root: Path) -> dict[str, np.ndarray]:
     base = root / "oxford-iiit-pet"
     trimaps = {}
-    rows = {"trainval": [("Abyssinian_1", 1, 1, 1), ("american_bulldog_10", 2, 2, 1)], "test": [("Abyssinian_2", 1, 1, 1)]}
+    rows = {
+        "trainval": [("Abyssinian_1", 1, 1, 1), ("american_bulldog_10", 2, 2, 1)],
+        "test": [("Abyssinian_2", 1, 1, 1)],
+    }
     for split, items in rows.items():
         lines = []
         for k, (name, cls, species, breed) in enumerate(items):
@@ -93,7 +98,9 @@ def _pet(root: Path) -> dict[str, np.ndarray]:
             tri = np.full((20, 24), 2, dtype=np.uint8)  # background
             tri[4:16, 6:18] = 1  # pet
             tri[4, 6:18] = 3  # border
-            Image.fromarray(tri, mode="L").save(_mk(base / "annotations" / "trimaps" / f"{name}.png"))
+            Image.fromarray(tri, mode="L").save(
+                _mk(base / "annotations" / "trimaps" / f"{name}.png")
+            )
             trimaps[name] = tri
             lines.append(f"{name} {cls} {species} {breed}")
         (base / "annotations" / f"{split}.txt").write_text("\n".join(lines) + "\n")
@@ -110,11 +117,13 @@ def test_oxford_pet_mask_is_background(tmp_path: Path) -> None:
     ds = DATASETS.get("oxford_pet")(split="train", root=str(tmp_path), **RAW)
     assert len(ds) == 2 and ds.targets == [0, 1] and ds.classes[1] == "American Bulldog"
     for i, name in enumerate(["Abyssinian_1", "american_bulldog_10"]):
-        x, y, m = ds[i]
+        _, _, m = ds[i]
         assert torch.equal(m[0], torch.from_numpy((trimaps[name] == 2).astype(np.float32)))
         assert float(m[0, 0, 0]) == 1.0 and float(m[0, 10, 10]) == 0.0 and float(m[0, 4, 10]) == 0.0
     assert DATASETS.metadata("oxford_pet")["mask_pool"] == "min"
-    assert len(DATASETS.get("oxford_pet")(split="test", root=str(tmp_path / "oxford-iiit-pet"))) == 1
+    assert (
+        len(DATASETS.get("oxford_pet")(split="test", root=str(tmp_path / "oxford-iiit-pet"))) == 1
+    )
 
 
 def test_oxford_pet_missing_and_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -140,8 +149,14 @@ def _sbd(root: Path) -> None:
     # (name, objects as (VOC id, rows, cols)); 15 = person, 3 bird, 8 cat, 12 dog
     items = [
         ("2008_000002", [(3, slice(2, 8), slice(2, 9))]),  # bird only: kept
-        ("2008_000003", [(8, slice(2, 8), slice(2, 9)), (15, slice(10, 18), slice(10, 20))]),  # cat + person: kept
-        ("2008_000007", [(8, slice(2, 8), slice(2, 9)), (12, slice(10, 18), slice(10, 20))]),  # cat + dog: dropped
+        (
+            "2008_000003",
+            [(8, slice(2, 8), slice(2, 9)), (15, slice(10, 18), slice(10, 20))],
+        ),  # cat + person: kept
+        (
+            "2008_000007",
+            [(8, slice(2, 8), slice(2, 9)), (12, slice(10, 18), slice(10, 20))],
+        ),  # cat + dog: dropped
         ("2008_000008", [(15, slice(2, 8), slice(2, 9))]),  # person only: dropped
     ]
     for k, (name, objects) in enumerate(items):
@@ -201,7 +216,7 @@ def test_masked_folder_reads_masks_and_zero_for_missing(tmp_path: Path) -> None:
     assert torch.equal(ds[0][2][0], torch.from_numpy(_box()).float())
     assert float(ds[1][2].sum()) == 0.0
     img = np.asarray(Image.open(tmp_path / "test" / "images" / "cat" / "cat0.png"))
-    assert torch.allclose(ds[0][0], torch.from_numpy(img).permute(2, 0, 1).float() / 255)
+    assert torch.allclose(ds[0][0], torch.from_numpy(img.copy()).permute(2, 0, 1).float() / 255)
     with pytest.raises(ValueError, match="no mask file"):
         DATASETS.get("masked_folder")(root=str(tmp_path), require_masks=True)
 

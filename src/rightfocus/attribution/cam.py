@@ -172,16 +172,34 @@ class _CAM(Attribution):
 
     def _attribute(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
         layer = resolve_layer(model, self.layer)
-        cam = self._raw_map(model, x, target, layer)
+        with torch.enable_grad():  # also inside a caller's torch.no_grad() block
+            cam = self._raw_map(model, x, target, layer)
         size = (x.shape[-2], x.shape[-1]) if self.upsample else None
         return postprocess_map(cam, size, self.relu, self.normalize, self.interpolation)
 
 
 @register_method("gradcam")
 class GradCAM(_CAM):
-    """Grad-CAM (Selvaraju et al. 2017, "Grad-CAM: Visual Explanations from Deep Networks").
+    """Grad-CAM (Selvaraju et al. 2017): channel weights are the mean gradient.
+
+    "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization".
 
     ``w_k^c = (1/Z) sum_ij dS_c/dA^k_ij``, ``L^c = ReLU(sum_k w_k^c A^k)``.
+
+    Args (common to the CAM family):
+        layer: target layer, a module or dotted name; default the last Conv2d.
+        relu: apply ReLU to the map (default True).
+        upsample: resize the map to the input (default True); else ``(B, 1, h, w)``.
+        interpolation: ``bilinear`` (default, ``align_corners=False``), ``nearest``, ``bicubic``.
+        normalize: min-max normalise each map to [0, 1] (default False).
+        create_graph: keep the map differentiable w.r.t. the model parameters.
+        eval_mode: run the model in eval mode (default: unless ``create_graph``).
+
+    Example:
+        >>> import torch
+        >>> from rightfocus.models import LeNet
+        >>> GradCAM(layer="features.conv2")(LeNet(), torch.rand(2, 1, 28, 28)).shape
+        torch.Size([2, 1, 28, 28])
     """
 
     def _weights(self, acts: Tensor, grads: Tensor) -> Tensor:
@@ -190,7 +208,9 @@ class GradCAM(_CAM):
 
 @register_method("gradcam_plus_plus")
 class GradCAMPlusPlus(_CAM):
-    """Grad-CAM++ (Chattopadhay et al. 2018), closed-form alphas with the exponential trick.
+    """Grad-CAM++ (Chattopadhay et al. 2018): closed-form higher-order pixel weights.
+
+    Closed-form alphas with the exponential trick.
 
     With ``Y^c = exp(S^c)`` the higher derivatives reduce to powers of ``g = dS^c/dA^k_ij``
     (Eq. 19): ``alpha_ij^kc = g^2 / (2 g^2 + sum_ab A^k_ab g^3)`` (0 where the denominator is
@@ -229,7 +249,7 @@ class LayerCAM(_CAM):
 
 @register_method("xgradcam")
 class XGradCAM(_CAM):
-    """XGrad-CAM (Fu et al. 2020, "Axiom-based Grad-CAM").
+    """XGrad-CAM (Fu et al. 2020, "Axiom-based Grad-CAM"): activation-weighted gradients.
 
     ``w_k^c = sum_ij (A^k_ij / sum_ab A^k_ab) dS^c/dA^k_ij`` (0 for a channel whose
     activations sum to 0), derived from the sensitivity and conservation axioms.
@@ -283,8 +303,9 @@ def _gap_linear_head(
 
 @register_method("cam")
 class CAM(_CAM):
-    """Class activation mapping (Zhou et al. 2016, "Learning Deep Features for
-    Discriminative Localization").
+    """Class activation mapping (Zhou et al. 2016): the linear head's weights on GAP maps.
+
+    "Learning Deep Features for Discriminative Localization".
 
     For a network ending in global average pooling and one linear layer,
     ``S_c = sum_k w_k^c mean_ij f_k(i, j) + b_c``; the map is ``M_c = sum_k w_k^c f_k`` with
@@ -311,7 +332,9 @@ _SCORE_RULES = ("probability", "probability_increase", "channel_softmax")
 
 @register_method("scorecam")
 class ScoreCAM(_CAM):
-    """Score-CAM (Wang et al. 2020, "Score-CAM: Score-Weighted Visual Explanations").
+    """Score-CAM (Wang et al. 2020): weights from the model's scores of masked inputs.
+
+    "Score-CAM: Score-Weighted Visual Explanations for Convolutional Neural Networks".
 
     Each activation map is upsampled to the input and min-max normalised,
     ``H_k = s(Up(A^k))``; the masked input ``X o H_k`` is scored by the model and
@@ -429,7 +452,7 @@ def _rows(target: Any, owner: Tensor) -> Any:
 
 @register_method("guided_gradcam")
 class GuidedGradCAM(GradCAM):
-    """Guided Grad-CAM (Selvaraju et al. 2017): guided backpropagation times Grad-CAM.
+    """Guided Grad-CAM (Selvaraju et al. 2017): guided backprop times upsampled Grad-CAM.
 
     ``G^c = GuidedBackprop^c(x) * Up(ReLU(sum_k w_k^c A^k))``, shape ``(B, C, H, W)``. The
     paper upsamples the Grad-CAM map bilinearly (our default); Captum's ``GuidedGradCam``
@@ -447,5 +470,6 @@ class GuidedGradCAM(GradCAM):
 
     def _attribute(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
         cam = super()._attribute(model, x, target)
-        guided = GuidedBackprop(create_graph=self.create_graph)._attribute(model, x, target)
+        with torch.enable_grad():
+            guided = GuidedBackprop(create_graph=self.create_graph)._attribute(model, x, target)
         return guided * cam

@@ -54,15 +54,17 @@ def _build(
     targets_of: Callable[[Any], list[int]],
     image_size: int | None,
     options: dict[str, Any],
+    default_size: int = 224,
 ) -> TorchvisionClassification:
     if root is None:
         raise ValueError(f"{name} needs root= (torchvision's dataset root folder)")
-    topts = _transform_options(image_size, options)
+    topts = _transform_options(image_size, options, default_size)
     if options:
         raise TypeError(f"unknown option(s) for {name}: {sorted(options)}")
     path = Path(root).expanduser()
     base = _torchvision_call(name, path, download, lambda: make(str(path)))
-    return TorchvisionClassification(base, targets_of(base), list(base.classes), **topts)
+    classes = [c[0] if isinstance(c, tuple) else str(c) for c in base.classes]
+    return TorchvisionClassification(base, targets_of(base), classes, **topts)
 
 
 _META: dict[str, Any] = dict(
@@ -75,7 +77,7 @@ def cifar100(
     split: str = "train",
     root: str | None = None,
     seed: int = 0,
-    image_size: int | None = 32,
+    image_size: int | None = None,
     download: bool = False,
     **options: Any,
 ) -> TorchvisionClassification:
@@ -91,6 +93,7 @@ def cifar100(
         lambda b: list(b.targets),
         image_size,
         options,
+        default_size=32,
     )
 
 
@@ -99,7 +102,7 @@ def imagenette(
     split: str = "train",
     root: str | None = None,
     seed: int = 0,
-    image_size: int | None = 224,
+    image_size: int | None = None,
     download: bool = False,
     size: str = "full",
     **options: Any,
@@ -125,7 +128,7 @@ def food101(
     split: str = "train",
     root: str | None = None,
     seed: int = 0,
-    image_size: int | None = 224,
+    image_size: int | None = None,
     download: bool = False,
     **options: Any,
 ) -> TorchvisionClassification:

@@ -265,10 +265,17 @@ def _torchvision_call(name: str, root: Path, download: bool, make: Any) -> Any:
 _RGB: dict[str, Any] = dict(in_channels=3, normalization=IMAGENET_NORMALIZATION)
 
 
-def _transform_options(image_size: int | None, options: dict[str, Any]) -> dict[str, Any]:
+def _transform_options(
+    image_size: int | None, options: dict[str, Any], default: int = 224
+) -> dict[str, Any]:
+    """Pop the transform options; ``image_size=None`` means the dataset's default size.
+
+    Option ``native_size=True`` keeps every file's own size (no resize).
+    """
     keys = ("normalization", "augment", "transform", "mask_threshold")
     opts = {k: options.pop(k) for k in keys if k in options}
-    opts["image_size"] = image_size
+    native = bool(options.pop("native_size", False))
+    opts["image_size"] = None if native else (image_size if image_size is not None else default)
     return opts
 
 
@@ -277,7 +284,7 @@ def isic(
     split: str = "train",
     root: str | None = None,
     seed: int = 0,
-    image_size: int | None = 224,
+    image_size: int | None = None,
     download: bool = False,
     **options: Any,
 ) -> ISIC:
@@ -297,7 +304,7 @@ def oxford_pet(
     split: str = "train",
     root: str | None = None,
     seed: int = 0,
-    image_size: int | None = 224,
+    image_size: int | None = None,
     download: bool = False,
     **options: Any,
 ) -> OxfordPetMasks:
@@ -313,7 +320,7 @@ def sbd(
     split: str = "train",
     root: str | None = None,
     seed: int = 0,
-    image_size: int | None = 224,
+    image_size: int | None = None,
     download: bool = False,
     **options: Any,
 ) -> SBDMasks:
@@ -331,7 +338,7 @@ def masked_folder(
     split: str = "train",
     root: str | None = None,
     seed: int = 0,
-    image_size: int | None = 224,
+    image_size: int | None = None,
     download: bool = False,
     **options: Any,
 ) -> MaskedImageFolder:
@@ -348,7 +355,7 @@ def image_folder(
     split: str = "train",
     root: str | None = None,
     seed: int = 0,
-    image_size: int | None = 224,
+    image_size: int | None = None,
     download: bool = False,
     **options: Any,
 ) -> ImageFolderDataset:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import pickle
 import random
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +56,15 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        reason = _unpickler_reason(err)
+        if "global" not in reason.lower():
+            raise CheckpointError(
+                f"Checkpoint {path} is truncated or corrupt ({reason}). Delete it to restart the "
+                "run from scratch (or restore it from a backup)."
+            ) from err
         raise CheckpointError(
             f"Refusing to load checkpoint {path}: it holds pickled Python objects, which "
-            f"weights_only=True loading does not execute ({_first_line(err)}). Only checkpoints "
+            f"weights_only=True loading does not execute ({reason}). Only checkpoints "
             "of tensors and plain containers (as rightfocus writes them) are accepted; if you "
             "trust the file, re-save its state dicts with torch.save."
         ) from err
@@ -71,6 +76,17 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     if not isinstance(state, dict):
         raise CheckpointError(f"Checkpoint {path} holds a {type(state).__name__}, not a mapping")
     return state
+
+
+def _unpickler_reason(err: BaseException) -> str:
+    """The informative line of torch's weights-only unpickler error."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error" in line:
+            rest = line.split("WeightsUnpickler error:", 1)[1].strip()
+            detail = rest or (lines[i + 1] if i + 1 < len(lines) else "")
+            return detail.split(". Please use")[0][:300]
+    return _first_line(err)
 
 
 def _first_line(err: BaseException) -> str:
@@ -176,5 +192,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
-
-Loader = Callable[[str | Path], dict[str, Any]]
