@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -95,10 +96,15 @@ def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
 @app.command("train")
 def train_cmd(
     config: str = typer.Argument(..., help="Experiment YAML (see configs/)."),
-    set_: list[str] = typer.Option(
-        [], "--set", help="Override a config field: section.key=value (YAML value); repeatable."
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="Override a config field: section.key=value (YAML value); repeatable."
+        ),
+    ] = None,
+    quiet: bool = typer.Option(
+        False, "--quiet", help="No progress bar, model summary or info logs."
     ),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar, model summary or info logs."),
 ) -> None:
     """Train a run, or resume it from its last checkpoint, then write test metrics.json.
 
@@ -112,7 +118,7 @@ def train_cmd(
     from rightfocus.engine.run import RunConflictError, run_experiment
 
     try:
-        cfg = load_config(config, set_)
+        cfg = load_config(config, set_ or [])
         metrics = run_experiment(cfg, quiet=quiet)
     except (ConfigError, RunConflictError, CheckpointError, FileNotFoundError) as err:
         raise _fail(err) from None
@@ -143,23 +149,26 @@ def evaluate_cmd(
 @app.command("explain")
 def explain_cmd(
     run: str = typer.Argument(..., help="Run folder."),
-    method: list[str] = typer.Option(
-        ["gradcam"], "--method", help="Attribution method (repeat for several columns)."
-    ),
+    method: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--method", help="Attribution method, default gradcam (repeat for more columns)."
+        ),
+    ] = None,
     n: int = typer.Option(16, "--n", help="Number of images (rows)."),
     split: str = typer.Option("test", help="test or val."),
     out: str = typer.Option(None, help="PNG path (default <run>/figures/explain_<methods>.png)."),
 ) -> None:
     """Write a PNG grid: image with mask outline, then one attribution map per method.
 
-    Example: rightfocus explain runs/decoy_mnist_color/lenet --method gradcam --method saliency --n 8
+    Example: rightfocus explain runs/decoy_mnist_color/lenet --method gradcam --method saliency
     """
     from rightfocus.engine.checkpoint import CheckpointError
     from rightfocus.engine.config import ConfigError
     from rightfocus.engine.run import explain_run
 
     try:
-        path = explain_run(run, methods=method, n=n, split=split, out=out)
+        path = explain_run(run, methods=method or ["gradcam"], n=n, split=split, out=out)
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as err:
         raise _fail(err) from None
     console.print(f"Attribution grid written to {path}")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import engine_standins  # noqa: E402
+import engine_standins
 
 engine_standins.install()
 

@@ -8,6 +8,7 @@ imported, so the engine can be tested end to end. It never shadows a real module
 from __future__ import annotations
 
 import importlib
+import itertools
 import sys
 import types
 
@@ -43,7 +44,7 @@ def _ece(probs: Tensor, y: Tensor, n_bins: int = 15) -> float:
     acc = (pred == y).double()
     edges = np.linspace(0, 1, n_bins + 1)
     total = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in itertools.pairwise(edges):
         sel = (conf > lo) & (conf <= hi)
         if sel.any():
             total += float(sel.double().mean()) * abs(float(acc[sel].mean() - conf[sel].mean()))

@@ -45,7 +45,7 @@ def test_truncated_checkpoint_gives_clear_error(tmp_path: Path) -> None:
     path = _save(tmp_path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="truncated or corrupt.*Delete it"):
+    with pytest.raises(CheckpointError, match=r"truncated or corrupt.*Delete it"):
         load_checkpoint(path)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rightfocus.engine.config import ConfigError, Config, load_config, load_config_dict
+from rightfocus.engine.config import Config, ConfigError, load_config, load_config_dict
 
 MIN = {"data": {"dataset": "decoy_mnist"}, "model": {"name": "lenet"}}
 
@@ -60,8 +60,15 @@ def test_set_parses_yaml_values_and_list_indices() -> None:
     raw = {**MIN, "guidance": [{"name": "rrr", "lam": 1000.0}]}
     cfg = load_config_dict(
         raw,
-        ["optim.lr=1e-3", "guidance.0.lam=5e-5", "data.fold=1", "data.folds=3", "run=x",
-         "data.batch_size=auto", "trainer.strategy=ddp"],
+        [
+            "optim.lr=1e-3",
+            "guidance.0.lam=5e-5",
+            "data.fold=1",
+            "data.folds=3",
+            "run=x",
+            "data.batch_size=auto",
+            "trainer.strategy=ddp",
+        ],
     )
     assert cfg.optim.lr == 1e-3 and isinstance(cfg.optim.lr, float)
     assert cfg.guidance[0].params == {"lam": 5e-5}
@@ -71,11 +78,13 @@ def test_set_parses_yaml_values_and_list_indices() -> None:
 
 
 def test_guidance_params_checked_against_constructor() -> None:
-    with pytest.raises(ConfigError, match=r"'rrr' has no parameter 'lamda' \(did you mean 'lam'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"'rrr' has no parameter 'lamda' \(did you mean 'lam'\?\)"
+    ):
         load_config_dict({**MIN, "guidance": [{"name": "rrr", "lamda": 1.0}]})
     with pytest.raises(ConfigError, match=r"unknown guidance method 'rr' \(did you mean 'rrr'\?\)"):
         load_config_dict({**MIN, "guidance": [{"name": "rr"}]})
-    with pytest.raises(ConfigError, match="model.bayesian: true"):
+    with pytest.raises(ConfigError, match=r"model\.bayesian: true"):
         load_config_dict({**MIN, "guidance": [{"name": "bayes_feedback"}]})
 
 
@@ -98,7 +107,11 @@ def test_base_extends_and_merges(tmp_path: Path) -> None:
     child.write_text("base: ../base.yaml\ndata: {variant: position}\noptim: {epochs: 7}\n")
     cfg = load_config(child, ["optim.lr=2e-3"])
     assert (cfg.data.variant, cfg.data.seed, cfg.optim.epochs, cfg.optim.lr) == (
-        "position", 4, 7, 2e-3)
+        "position",
+        4,
+        7,
+        2e-3,
+    )
     (tmp_path / "base.yaml").write_text("base: sub/child.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_config(child)
@@ -106,9 +119,18 @@ def test_base_extends_and_merges(tmp_path: Path) -> None:
 
 def test_proxy_attention_block_checked() -> None:
     raw = {**MIN, "optim": {"epochs": 3}}
-    cfg = load_config_dict({**raw, "proxy_attention": {"schedule": [1, "p", 2], "threshold": 0.5}})
+    cfg = load_config_dict({**raw, "proxy_attention": {"schedule": [1, "p", 1], "threshold": 0.5}})
     assert isinstance(cfg, Config)
     with pytest.raises(ConfigError, match="has no parameter 'treshold'"):
         load_config_dict({**raw, "proxy_attention": {"treshold": 0.5}})
-    with pytest.raises(ConfigError, match="covers 4 epochs but optim.epochs is 3"):
+    with pytest.raises(ConfigError, match=r"covers 5 epochs but optim\.epochs is 3"):
         load_config_dict({**raw, "proxy_attention": {"schedule": [2, "p", 2]}})
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[2] / "configs").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_example_configs_validate(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.experiment and cfg.data.dataset and cfg.model.name
+    assert path.read_text().startswith("#"), "each config starts with a documenting comment block"

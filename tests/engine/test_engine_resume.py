@@ -1,4 +1,4 @@
-"""Kill-and-resume: a SIGKILLed training run continues and ends exactly like an uninterrupted one."""
+"""Kill-and-resume: a SIGKILLed run continues and ends exactly like an uninterrupted one."""
 
 from __future__ import annotations
 
@@ -70,7 +70,9 @@ def _train_and_kill(cmd: list[str], ckpt: Path, after_step: int) -> int:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 err = proc.stderr.read().decode() if proc.stderr else ""
-                raise AssertionError(f"training ended before the kill (code {proc.returncode}):\n{err}")
+                raise AssertionError(
+                    f"training ended before the kill (code {proc.returncode}):\n{err}"
+                )
             step = _last_step(ckpt)
             if step >= after_step:
                 proc.send_signal(signal.SIGKILL)
@@ -87,7 +89,7 @@ def _train_and_kill(cmd: list[str], ckpt: Path, after_step: int) -> int:
 def _check_complete_files(run_dir: Path) -> None:
     """Every visible file is complete: config parses, checkpoints load (weights_only)."""
     for path in run_dir.rglob("*"):
-        if not path.is_file() or path.name.startswith(".") and path.name.endswith(".tmp"):
+        if not path.is_file() or (path.name.startswith(".") and path.name.endswith(".tmp")):
             continue
         if path.suffix == ".ckpt":
             assert isinstance(torch.load(path, weights_only=True), dict), path

@@ -144,15 +144,15 @@ class ResumeCheckpoint(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         n = self.every_n_steps
         if n is not None and trainer.global_step > 0 and trainer.global_step % n == 0:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)
 
 
 def rng_state() -> dict[str, Any]:
     """Every RNG's state as tensors and plain types (loadable with ``weights_only=True``)."""
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": _plain(random.getstate()),
@@ -191,4 +191,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
     )
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-

@@ -223,7 +223,7 @@ _Loader.add_implicit_resolver(
 def parse_yaml(text: str, source: str = "<string>") -> Any:
     """Parse YAML text safely (no Python objects), floats like ``1e-3`` included."""
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as err:
         raise ConfigError(f"{source} is not valid YAML: {err}") from None
 
@@ -250,7 +250,9 @@ def _read_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a mapping of config sections, not {type(raw).__name__}")
+        raise ConfigError(
+            f"{path} must hold a mapping of config sections, not {type(raw).__name__}"
+        )
     base = raw.pop("base", None)
     if base is None:
         return raw

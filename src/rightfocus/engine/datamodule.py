@@ -85,7 +85,11 @@ class ResumableDataLoader(DataLoader):
     """
 
     def __init__(
-        self, dataset: Dataset[Any], sampler: EpochBatchSampler, progress: Callable[[], int], **kw: Any
+        self,
+        dataset: Dataset[Any],
+        sampler: EpochBatchSampler,
+        progress: Callable[[], int],
+        **kw: Any,
     ) -> None:
         super().__init__(dataset, batch_sampler=sampler, **kw)
         self.epoch_sampler = sampler
@@ -108,7 +112,7 @@ def _subset(dataset: Dataset[Any], limit: int | None, seed: int) -> Dataset[Any]
 
 
 def build_dataset(config: Config, split: str) -> Dataset[Any]:
-    """The registered dataset's ``split`` ("train" pool or "test"), limited by max_train/max_test."""
+    """The dataset's ``split`` ("train" pool or "test"), limited by max_train / max_test."""
     import rightfocus.data  # noqa: F401  (registers the datasets)
     from rightfocus._registry import DATASETS
 
@@ -208,7 +212,8 @@ class ExperimentData(pl.LightningDataModule):
         trainer = self.trainer
         if trainer is None:
             return 0
-        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        current = trainer.fit_loop.epoch_loop.batch_progress.current
+        return int(getattr(current, "processed", current.completed))
 
     def train_dataloader(self) -> ResumableDataLoader:
         assert self.train_dataset is not None, "call setup('fit') first"

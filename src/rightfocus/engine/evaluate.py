@@ -22,8 +22,9 @@ __all__ = ["attribution_method", "classification_metrics", "evaluate_model", "la
 
 
 def _ece_function() -> Any:
-    from rightfocus.metrics import calibration
+    import importlib
 
+    calibration = importlib.import_module("rightfocus.metrics.calibration")
     for name in ("expected_calibration_error", "ece"):
         fn = getattr(calibration, name, None)
         if fn is not None:
@@ -104,8 +105,16 @@ def evaluate_model(
             all_probs.append(probs.cpu())
             all_y.append(y.long().cpu())
             if want_overlap:
-                overlaps.append(_overlap(model, x, _targets(probs, y.long(), ev.overlap_target),
-                                         mask, method, options))
+                overlaps.append(
+                    _overlap(
+                        model,
+                        x,
+                        _targets(probs, y.long(), ev.overlap_target),
+                        mask,
+                        method,
+                        options,
+                    )
+                )
     finally:
         torch.set_rng_state(gen_state)
     probs, y = torch.cat(all_probs), torch.cat(all_y)

@@ -16,7 +16,7 @@ classification metric as ``val/<name>`` (``val/acc`` = accuracy) for model selec
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import torch
@@ -87,7 +87,7 @@ class GuidedModule(pl.LightningModule):
     # --- training -------------------------------------------------------------------------------
 
     def data_terms(self, logits: Tensor, y: Tensor) -> dict[str, Tensor]:
-        weight = self.class_weights
+        weight = cast(Tensor | None, self.class_weights)
         if self.bayesian:
             from rightfocus.bayes import elbo_terms
 
@@ -97,7 +97,9 @@ class GuidedModule(pl.LightningModule):
 
     def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
         x, y, mask = batch
-        logits, gb, terms = guided_forward(self.model, GuidedBatch(x, y.long(), mask), self.guidance)
+        logits, gb, terms = guided_forward(
+            self.model, GuidedBatch(x, y.long(), mask), self.guidance
+        )
         terms = {**self.data_terms(logits, gb.y), **terms}
         loss = torch.stack([t.float() for t in terms.values()]).sum()
         if self._should_log():
@@ -111,7 +113,8 @@ class GuidedModule(pl.LightningModule):
         trainer = self._trainer
         if trainer is None or trainer.logger is None:
             return False
-        return (trainer.global_step + 1) % trainer.log_every_n_steps == 0
+        every = int(getattr(trainer, "log_every_n_steps", 50) or 50)
+        return (trainer.global_step + 1) % every == 0
 
     def configure_optimizers(self) -> Any:
         o = self.optim
@@ -134,7 +137,10 @@ class GuidedModule(pl.LightningModule):
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=o.epochs)
         else:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }
 
     # --- validation -----------------------------------------------------------------------------
 

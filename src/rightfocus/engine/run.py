@@ -115,7 +115,7 @@ def prepare_run_dir(config: Config) -> Path:
 
 def build_model(config: Config) -> nn.Module:
     """The configured model: zoo factory, weights file, X-DNN and Bayesian conversions."""
-    import rightfocus.data  # noqa: F401
+    import rightfocus.data
     import rightfocus.models  # noqa: F401
     from rightfocus._registry import DATASETS, MODELS
 
@@ -150,7 +150,7 @@ def build_model(config: Config) -> nn.Module:
 def build_guidance(config: Config) -> list[Guidance]:
     """Guidance objects from ``config.guidance``; dataset defaults fill ``pool`` (Bayesian
     feedback's mask resizing) and ``normalization`` (counterexample noise) when not given."""
-    import rightfocus.data  # noqa: F401
+    import rightfocus.data
     import rightfocus.guidance  # noqa: F401
     from rightfocus._registry import DATASETS, GUIDANCE
 
@@ -235,6 +235,7 @@ def build_trainer(
         log_every_n_steps=t.log_every_n_steps,
         check_val_every_n_epoch=t.val_every_n_epochs,
         use_distributed_sampler=False,
+        enable_checkpointing=has_val,  # else Lightning adds its own per-epoch ModelCheckpoint
         gradient_clip_val=t.gradient_clip_val,
         reload_dataloaders_every_n_epochs=1 if store_add else 0,
     )
@@ -260,7 +261,7 @@ def _quiet(enabled: bool) -> Iterator[None]:
                 logging.getLogger(n).setLevel(level)
 
 
-# --- train ------------------------------------------------------------------------------------------
+# --- train ---------------------------------------------------------------------------------
 
 
 def _batch_size(config: Config, run_dir: Path, module: GuidedModule, dm: ExperimentData) -> int:
@@ -332,7 +333,9 @@ def run_experiment(config: Config, quiet: bool = False) -> dict[str, float]:
         last = run_dir / "checkpoints" / LAST
         dm.batch_size = _batch_size(config, run_dir, module, dm)
         trainer = build_trainer(config, run_dir, has_val, quiet)
-        trainer.fit(module, datamodule=dm, ckpt_path=last if last.is_file() else None, weights_only=True)
+        trainer.fit(
+            module, datamodule=dm, ckpt_path=last if last.is_file() else None, weights_only=True
+        )
         if not trainer.is_global_zero:
             return {}
         _load_selected(module.model, run_dir, config)
@@ -374,7 +377,7 @@ def _evaluate(
     return evaluate_model(model, dm.test_dataloader(), config, device)
 
 
-# --- evaluate and explain existing runs ---------------------------------------------------------------
+# --- evaluate and explain existing runs -----------------------------------------------------
 
 
 def load_run(run_dir: str | Path) -> tuple[Config, nn.Module]:

@@ -223,3 +223,25 @@ def xresnet(
     from rightfocus.models.xdnn import XResNet
 
     return XResNet(num_classes, in_channels, image_size, layers, width, zero_init)
+
+
+@MODELS.register("resnet18", target_layer="layer4.1.conv2", input_size=224)
+def resnet18(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: int = 224,
+    weights: str | Path | None = None,
+) -> nn.Module:
+    """torchvision's ResNet-18 (random init, or a local state-dict file via ``weights``; tensors
+    whose shape does not fit, e.g. the classifier for another class count, keep their init).
+    Used by the Proxy Attention CIFAR-100 experiment; last conv ``layer4.1.conv2``."""
+    from torchvision import models as tvm
+
+    if image_size < 32:
+        raise ValueError(f"resnet18 needs images of at least 32x32, got {image_size}")
+    model = tvm.resnet18(weights=None, num_classes=num_classes)
+    if in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    if weights is not None:
+        _load_partial(model, _read_state(weights), load_biases=True)
+    return model
