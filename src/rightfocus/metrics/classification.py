@@ -1,0 +1,81 @@
+"""Classification metrics through torchmetrics' functional API (not hand-rolled).
+
+Conventions of the Bayesian explanation-feedback paper (REFERENCE.md §1): balanced accuracy;
+F1 binary (positive class 1) for two classes, else macro; ROC-AUC on the class-1 probability
+for two classes, else one-vs-rest macro on the softmax probabilities.
+"""
+
+from __future__ import annotations
+
+import torch
+import torchmetrics.functional.classification as tmf
+from torch import Tensor
+
+from rightfocus.metrics._checks import check_labels, check_probs
+
+__all__ = [
+    "accuracy",
+    "balanced_accuracy",
+    "classification_report",
+    "confusion_matrix",
+    "f1",
+    "roc_auc",
+]
+
+
+def _prep(probs: Tensor, y: Tensor) -> tuple[Tensor, Tensor, int]:
+    probs = check_probs(probs)
+    k = probs.shape[1]
+    y = check_labels(y, probs.shape[0], k).long().to(probs.device)
+    return probs.float(), y, k
+
+
+def accuracy(probs: Tensor, y: Tensor) -> float:
+    """Fraction of samples whose argmax class equals the label."""
+    probs, y, k = _prep(probs, y)
+    return float(tmf.multiclass_accuracy(probs, y, num_classes=k, average="micro"))
+
+
+def balanced_accuracy(probs: Tensor, y: Tensor) -> float:
+    """Mean per-class recall over the classes present in ``y`` (scikit-learn's definition)."""
+    probs, y, k = _prep(probs, y)
+    recall = tmf.multiclass_recall(probs, y, num_classes=k, average=None)
+    present = torch.bincount(y, minlength=k) > 0
+    return float(recall[present].mean())
+
+
+def f1(probs: Tensor, y: Tensor) -> float:
+    """F1: binary (class 1 positive) for two classes, else the macro average."""
+    probs, y, k = _prep(probs, y)
+    if k == 2:
+        return float(tmf.binary_f1_score(probs.argmax(1), y))
+    return float(tmf.multiclass_f1_score(probs, y, num_classes=k, average="macro"))
+
+
+def roc_auc(probs: Tensor, y: Tensor) -> float:
+    """ROC-AUC: binary on the class-1 probability, else one-vs-rest macro (NaN if undefined)."""
+    probs, y, k = _prep(probs, y)
+    present = torch.bincount(y, minlength=k) > 0
+    if k == 2:
+        if not bool(present.all()):
+            return float("nan")
+        return float(tmf.binary_auroc(probs[:, 1], y))
+    if not bool(present.all()):
+        return float("nan")
+    return float(tmf.multiclass_auroc(probs, y, num_classes=k, average="macro"))
+
+
+def confusion_matrix(probs: Tensor, y: Tensor) -> Tensor:
+    """``(K, K)`` counts; row = true class, column = predicted class."""
+    probs, y, k = _prep(probs, y)
+    return tmf.multiclass_confusion_matrix(probs, y, num_classes=k)
+
+
+def classification_report(probs: Tensor, y: Tensor) -> dict[str, float]:
+    """``accuracy``, ``balanced_accuracy``, ``f1`` and ``auc`` of ``(N, K)`` probabilities."""
+    return {
+        "accuracy": accuracy(probs, y),
+        "balanced_accuracy": balanced_accuracy(probs, y),
+        "f1": f1(probs, y),
+        "auc": roc_auc(probs, y),
+    }
