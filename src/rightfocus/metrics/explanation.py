@@ -51,8 +51,8 @@ def overlap(attr: Tensor, mask: Tensor, reduction: str = "none") -> Tensor:
 
 
 def pointing_game(attr: Tensor, relevant: Tensor, tolerance: int = 15) -> Tensor:
-    """Hit (1.0) if the attribution maximum falls within ``tolerance`` pixels of the relevant
-    region (Zhang et al. 2018, "Top-down Neural Attention by Excitation Backprop"), else 0.0."""
+    """Hit (1.0) if the attribution maximum is within ``tolerance`` pixels (square window) of the
+    relevant region (Zhang et al. 2018, "Top-down Neural Attention by Excitation Backprop")."""
     a = magnitude(attr, relevant)
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")

@@ -57,6 +57,7 @@ def model_randomisation_check(
     target: Tensor,
     method: str | Explainer = "saliency",
     seed: int = 0,
+    absolute: bool = True,
     **options: Any,
 ) -> RandomisationResult:
     """Randomise the layers of a deep copy of ``model`` from the output towards the input,
@@ -64,7 +65,8 @@ def model_randomisation_check(
     original one. The user's model is never modified.
 
     ``method`` is a registered attribution method name (with ``options``) or a callable
-    ``f(model, x, target) -> attribution``.
+    ``f(model, x, target) -> attribution``. ``absolute`` compares ``sum_c |attr|`` (Adebayo et
+    al.'s default); ``False`` compares the signed, channel-summed attributions.
     """
     from rightfocus.attribution import attribute
 
@@ -73,7 +75,8 @@ def model_randomisation_check(
             out = method(m, x, target)
         else:
             out = attribute(m, x, target, method=method, **options)
-        return magnitude(out.detach()).flatten(1)
+        out = out.detach()
+        return (magnitude(out) if absolute else out.sum(dim=1, keepdim=True)).flatten(1)
 
     work = copy.deepcopy(model)
     original = explain(work)
