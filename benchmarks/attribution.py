@@ -159,7 +159,7 @@ def _zennit_cases(model, x, t, opts) -> list[tuple[str, Callable[[], Any]]]:
         ("saliency", run(Gradient)),
         ("guided_backprop", run(Gradient, GuidedBackprop())),
         ("deconvnet", run(Gradient, DeconvNet())),
-        ("integrated_gradients", run(IntegratedGradients, n_iter=opts["integrated_gradients"]["n_steps"])),
+        ("integrated_gradients", run(IntegratedGradients, n_iter=opts["integrated_gradients"]["n_steps"])),  # noqa: E501
         ("smoothgrad", run(SmoothGrad, n_iter=nt["n_samples"], noise_level=nt["stdev"])),
     ]  # fmt: skip
 
@@ -316,8 +316,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--only", default=None, help="time only this method (and the floors)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--model", choices=["lenet5", "resnet18"], default=None,
-                        help="time only this model (default: both)")
+    parser.add_argument(
+        "--model",
+        choices=["lenet5", "resnet18"],
+        default=None,
+        help="time only this model (default: both)",
+    )
     args = parser.parse_args(argv)
     if args.only and args.only not in METHODS:
         METHODS.get(args.only)  # raises with the known names

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.conftest import TinyCNN
 from torch import nn
 
 from rightfocus import hooks
-from tests.conftest import TinyCNN
 
 
-class Boom(RuntimeError):
+class BoomError(RuntimeError):
     pass
 
 
@@ -30,8 +30,8 @@ def test_eval_mode_restores_mixed_flags(model):
     with hooks.eval_mode(model):
         assert not any(_flags(model))
     assert _flags(model) == before
-    with pytest.raises(Boom), hooks.eval_mode(model):
-        raise Boom
+    with pytest.raises(BoomError), hooks.eval_mode(model):
+        raise BoomError
     assert _flags(model) == before
     with hooks.eval_mode(model, enabled=False):
         assert _flags(model) == before
@@ -43,8 +43,8 @@ def test_frozen_parameters_restores_requires_grad(model):
     with hooks.frozen_parameters(model):
         assert not any(p.requires_grad for p in model.parameters())
     assert [p.requires_grad for p in model.parameters()] == before
-    with pytest.raises(Boom), hooks.frozen_parameters(model):
-        raise Boom
+    with pytest.raises(BoomError), hooks.frozen_parameters(model):
+        raise BoomError
     assert [p.requires_grad for p in model.parameters()] == before
 
 
@@ -57,8 +57,8 @@ def test_capture_activations_records_and_removes_hooks(model):
         torch.testing.assert_close(cap[conv], conv(model.features[1](model.features[0](x))))
     assert hooks.count_hooks(model) == 0
     assert cap.outputs == {}
-    with pytest.raises(Boom), hooks.capture_activations(model, [conv]):
-        raise Boom
+    with pytest.raises(BoomError), hooks.capture_activations(model, [conv]):
+        raise BoomError
     assert hooks.count_hooks(model) == 0
 
 
@@ -92,19 +92,23 @@ def test_relu_backward_rule_patches_and_restores(model, rule):
         torch.testing.assert_close(model(x), plain)  # forward unchanged
     assert hooks.count_hooks(model) == 0
     assert all("forward" not in m.__dict__ for m in model.modules())
-    with pytest.raises(Boom), hooks.relu_backward_rule(model, rule):
-        raise Boom
+    with pytest.raises(BoomError), hooks.relu_backward_rule(model, rule):
+        raise BoomError
     assert hooks.count_hooks(model) == 0
 
 
 def test_relu_backward_rule_bad_input(model):
-    with pytest.raises(ValueError, match="Unknown ReLU backward rule"):
-        with hooks.relu_backward_rule(model, "zeiler"):
-            pass
+    with (
+        pytest.raises(ValueError, match="Unknown ReLU backward rule"),
+        hooks.relu_backward_rule(model, "zeiler"),
+    ):
+        pass
     no_relu = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh())
-    with pytest.raises(ValueError, match="nn.ReLU"):
-        with hooks.relu_backward_rule(no_relu, "guided"):
-            pass
+    with (
+        pytest.raises(ValueError, match=r"nn\.ReLU"),
+        hooks.relu_backward_rule(no_relu, "guided"),
+    ):
+        pass
 
 
 def test_patched_forward_keeps_an_instance_forward(model):
@@ -118,8 +122,8 @@ def test_patched_forward_keeps_an_instance_forward(model):
         assert conv.forward is not own
     assert conv.forward is own
     del conv.forward
-    with pytest.raises(Boom), hooks.patched_forward(conv, lambda orig: orig):
-        raise Boom
+    with pytest.raises(BoomError), hooks.patched_forward(conv, lambda orig: orig):
+        raise BoomError
     assert "forward" not in conv.__dict__
 
 
@@ -147,8 +151,8 @@ def test_sampling_sets_and_restores_flag():
     with hooks.sampling(model, True):
         assert model[0].sample is True and model[2].sample is True
     assert model[0].sample is None and model[2].sample is False
-    with pytest.raises(Boom), hooks.sampling(model, None):
-        raise Boom
+    with pytest.raises(BoomError), hooks.sampling(model, None):
+        raise BoomError
     assert model[0].sample is None and model[2].sample is False
 
 

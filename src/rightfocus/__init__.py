@@ -4,8 +4,11 @@ Public API (curated): :func:`attribute` and the method classes, the registries, 
 Importing the package registers every built-in method, model, dataset and guidance method.
 """
 
-from rightfocus import attribution, models
-from rightfocus import data  # noqa: F401  (registers the built-in datasets)
+from rightfocus import (
+    attribution,
+    data,  # noqa: F401  (registers the built-in datasets)
+    models,
+)
 from rightfocus._registry import DATASETS, GUIDANCE, METHODS, MODELS, Registry
 from rightfocus.attribution import Attribution, attribute
 

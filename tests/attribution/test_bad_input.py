@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.conftest import TinyCNN
 from torch import nn
 
 from rightfocus import METHODS, attribute
-from tests.conftest import TinyCNN
 
 NAMES = METHODS.names()
 LAYER_METHODS = [n for n in NAMES if METHODS.get(n).needs_layer]
@@ -43,7 +43,7 @@ def test_wrong_rank(name, model, x):
 def test_not_a_float_tensor(name, model, x):
     with pytest.raises(TypeError, match=r"floating-point.*x.float\(\)"):
         run(name, model, (x * 255).to(torch.uint8))
-    with pytest.raises(TypeError, match="must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"must be a torch.Tensor"):
         run(name, model, x.numpy())
 
 
@@ -78,7 +78,7 @@ def test_target_wrong_length_or_dtype(name, model, x):
         run(name, model, x, torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match=r"shape \(2,\)"):
         run(name, model, x, torch.tensor([[0], [1]]))
-    with pytest.raises(TypeError, match="integer class indices, got torch.float32"):
+    with pytest.raises(TypeError, match=r"integer class indices, got torch.float32"):
         run(name, model, x, torch.tensor([0.0, 1.0]))
     with pytest.raises(TypeError, match="target must be"):
         run(name, model, x, "cat")
@@ -89,12 +89,12 @@ def test_target_wrong_length_or_dtype(name, model, x):
 @pytest.mark.parametrize("name", NAMES)
 def test_callable_target_returning_wrong_shape(name, model, x):
     # methods that cannot use callable targets at all (e.g. CAM's linear-head weights) say so
-    with pytest.raises((ValueError, TypeError), match="one score per sample|class ind"):
+    with pytest.raises((ValueError, TypeError), match=r"one score per sample|class ind"):
         run(name, model, x, lambda out: out.sum())
 
 
 def test_model_is_not_a_module(x):
-    with pytest.raises(TypeError, match="torch.nn.Module"):
+    with pytest.raises(TypeError, match=r"torch.nn.Module"):
         attribute(lambda v: v, x)  # type: ignore[arg-type]
 
 
@@ -144,7 +144,7 @@ def test_relu_rule_methods_need_relu_modules(x):
             return self.fc(torch.relu(self.conv(v)).mean((2, 3)))
 
     for name in ("guided_backprop", "deconvnet"):
-        with pytest.raises(ValueError, match="Use nn.ReLU modules"):
+        with pytest.raises(ValueError, match=r"Use nn.ReLU modules"):
             attribute(FunctionalReLU(), x, method=name)
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.conftest import TinyCNN
 from torch import nn
 
 from rightfocus import attribute
 from rightfocus.attribution.gradient import riemann_steps
-from tests.conftest import TinyCNN
 
 
 def _score(model: nn.Module, x1: torch.Tensor, c: int) -> torch.Tensor:

@@ -17,9 +17,10 @@ from torch import nn
 
 captum_attr = pytest.importorskip("captum.attr")
 
+from tests.conftest import TinyCNN  # noqa: E402
+
 from rightfocus import attribute  # noqa: E402
 from rightfocus.attribution.smoothing import noise_tunnel  # noqa: E402
-from tests.conftest import TinyCNN  # noqa: E402
 
 RTOL = 1e-5
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

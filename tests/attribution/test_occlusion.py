@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.conftest import TinyCNN
 from torch import nn
 
 from rightfocus import METHODS, attribute
 from rightfocus.attribution.perturbation import Occlusion, occlusion_windows
-from tests.conftest import TinyCNN
 
 
 def reference_occlusion(model, x, target, window, strides, baseline):

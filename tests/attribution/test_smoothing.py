@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.conftest import TinyCNN
 from torch import nn
 
 from rightfocus import METHODS, attribute
 from rightfocus.attribution.gradient import Saliency
 from rightfocus.attribution.smoothing import NoiseTunnel, SmoothGrad, VarGrad
-from tests.conftest import TinyCNN
 
 
 @pytest.fixture

@@ -108,7 +108,7 @@ def test_models_without_layers_to_convert_are_refused() -> None:
         bayes.to_bayesian(bayes.to_bayesian(LeNet()))
     with pytest.raises(ValueError, match="nothing to convert back"):
         bayes.to_deterministic(LeNet())
-    with pytest.raises(TypeError, match="must be an nn.Module"):
+    with pytest.raises(TypeError, match=r"must be an nn.Module"):
         bayes.to_bayesian("lenet")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="padding_mode='reflect'"):
         bayes.to_bayesian(nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect"))

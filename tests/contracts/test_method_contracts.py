@@ -29,14 +29,14 @@ FAST: dict[str, dict[str, Any]] = {
 }
 
 
-class Boom(RuntimeError):
+class BoomError(RuntimeError):
     """Raised from inside the model's forward to test exception safety."""
 
 
 class ContractCNN(nn.Module):
     """Two convs with nn.ReLU modules, global average pool + linear head (works for CAM too).
 
-    ``fail_at = k`` makes the k-th forward call raise :class:`Boom`; ``calls`` counts them.
+    ``fail_at = k`` makes the k-th forward call raise :class:`BoomError`; ``calls`` counts them.
     """
 
     def __init__(self, in_channels: int = 3, classes: int = 4) -> None:
@@ -55,7 +55,7 @@ class ContractCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         if self.fail_at is not None and self.calls == self.fail_at:
-            raise Boom("failure inside the model's forward")
+            raise BoomError("failure inside the model's forward")
         return self.fc(self.pool(self.features(x)).flatten(1))
 
 
@@ -167,7 +167,7 @@ def test_model_restored_after_an_exception_in_forward(name, when):
     before = _state(model)
     model.calls = 0
     model.fail_at = 1 if when == "first" else n_calls
-    with pytest.raises(Boom):
+    with pytest.raises(BoomError):
         make(name)(model, x, target)
     assert hooks.count_hooks(model) == 0
     assert _state(model) == before

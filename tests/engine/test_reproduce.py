@@ -15,7 +15,9 @@ def test_decoy_configs_cover_variants_methods_folds(tmp_path: Path) -> None:
     assert len(configs) == 2 * 4 * 3
     runs = {(c.data.variant, c.run) for c in configs}
     assert ("color", "bayes_feedback_fold2") in runs and ("position", "rrr_fold0") in runs
-    fb = next(c for c in configs if c.run.startswith("bayes_feedback") and c.data.variant == "color")
+    fb = next(
+        c for c in configs if c.run.startswith("bayes_feedback") and c.data.variant == "color"
+    )
     assert fb.guidance[0].name == "bayes_feedback" and fb.model.bayesian
     assert {c.data.fold for c in configs} == {0, 1, 2}
     assert all(c.data.feedback_fraction == 0.7 for c in configs)
