@@ -131,3 +131,14 @@ def test_sweep_killed_mid_trial_resumes_with_every_trial_once(tmp_path: Path) ->
     for t in complete:
         trial = Trial(json.loads(t.user_attrs[KEY]))
         assert (tmp_path / "sweep" / "runs" / "sweep" / trial.run_name / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((Path(__file__).parents[2] / "configs" / "sweeps").glob("*.yaml")),
+    ids=lambda p: p.name,
+)
+def test_example_sweeps_plan_valid_trials(path: Path) -> None:
+    spec = load_sweep(path)
+    trials = plan_trials(spec)
+    assert trials and len({t.key for t in trials}) == len(trials)

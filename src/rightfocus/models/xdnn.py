@@ -175,6 +175,8 @@ def check_homogeneous(
     ``rtol`` defaults to ``1e-4`` for float32/float16 inputs and ``1e-9`` for float64. See
     :func:`homogeneity_error` for the measured deviation.
     """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a tensor, not {type(x).__name__}")
     if rtol is None:
         rtol = 1e-9 if x.dtype == torch.float64 else 1e-4
     return homogeneity_error(model, x, alphas) <= rtol
