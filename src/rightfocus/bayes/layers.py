@@ -144,7 +144,7 @@ class _BayesMixin(nn.Module):
                 )
             return self._mean(x)
         mean, var = self.moments(x)
-        return mean + torch.sqrt(var + VAR_EPS) * torch.randn_like(mean)
+        return torch.addcmul(mean, torch.sqrt(var + VAR_EPS), torch.randn_like(mean))
 
     def _mean(self, x: Tensor) -> Tensor:
         raise NotImplementedError
