@@ -262,7 +262,13 @@ def reproduce_cmd(
     for name, table in result.tables.items():
         console.print(_paper_table(name, table))
     console.print(
-        f"{len(result.run_seconds)} runs in {result.seconds:.0f} s; report: {result.report['html']}"
+        f"{len(result.run_seconds)} runs in {result.seconds:.0f} s"
+        + (
+            f" ({100 * result.overhead_share:.1f} % outside training steps)"
+            if result.train_step_seconds > 0
+            else ""
+        )
+        + f"; report: {result.report['html']}"
     )
 
 

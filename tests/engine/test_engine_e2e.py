@@ -54,6 +54,8 @@ def test_one_epoch_lenet_end_to_end(tmp_path: Path) -> None:
     assert all(isinstance(v, float) for v in saved.values())
     assert 0.0 <= saved["overlap"] <= 1.0 and 0.0 <= saved["accuracy"] <= 1.0
     assert (run_dir / "config.yaml").is_file()
+    timing = json.loads((run_dir / "timing.json").read_text())
+    assert timing["train_steps"] > 0 and timing["train_step_seconds"] > 0
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))

@@ -56,5 +56,6 @@ def test_quick_decoy_mnist_color_reproduces_the_papers_ordering(tmp_path: Path) 
     assert mean(t1, "balanced_accuracy", "bayes_feedback") > mean(t1, "balanced_accuracy", "none")
     assert mean(t2, "overlap", "bayes_feedback") < mean(t2, "overlap", "none")
     assert not math.isnan(mean(t2, "auc", "rrr"))
+    assert result.train_step_seconds > 0 and 0 < result.overhead_share < 1
     page = result.report["html"].read_text()
     assert "Table 1" in page and "Table 2" in page

@@ -12,6 +12,7 @@ and ``[40]`` on a fixed split, and its ablation grid (threshold, weight, subset)
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rightfocus.engine.report import load_runs, paper_table, write_report
+from rightfocus.engine.timing import TIMING_FILE
 
 __all__ = [
     "DECOY_METHODS",
@@ -60,6 +62,13 @@ class ReproduceResult:
     tables: dict[str, Any]
     seconds: float
     run_seconds: list[float] = field(default_factory=list)
+    train_step_seconds: float = 0.0
+
+    @property
+    def overhead_share(self) -> float:
+        """Share of the wall time spent outside training steps (data, evaluation, attribution,
+        checkpoints, reporting) over the runs trained in this call."""
+        return 1.0 - self.train_step_seconds / self.seconds if self.seconds > 0 else 0.0
 
 
 def _decoy_base(variant: str, quick: bool, seed: int) -> dict[str, Any]:
@@ -149,7 +158,7 @@ def reproduce_decoy_mnist(
     """
     start = time.perf_counter()
     configs = decoy_mnist_configs(runs_dir, variants, methods, folds, quick, overrides=overrides)
-    seconds = _run_all(configs, log)
+    seconds, steps = _run_all(configs, log)
     notes = [
         ("Quick preset (8 epochs, lr 3e-3, rho_init -3). " if quick else "") + PROTOCOL_NOTES[0],
         *PROTOCOL_NOTES[1:],
@@ -161,6 +170,7 @@ def reproduce_decoy_mnist(
         "Decoy MNIST: explanation feedback for Bayesian CNNs",
         False,
         seconds,
+        steps,
         start,
         notes,
     )
@@ -204,21 +214,28 @@ def _check_data(config: Any) -> None:
         ) from err
 
 
-def _run_all(configs: Sequence[Any], log: Callable[[str], None]) -> list[float]:
+def _run_all(configs: Sequence[Any], log: Callable[[str], None]) -> tuple[list[float], float]:
+    """Run every config; returns each run's wall time and the training-step seconds summed over
+    the runs trained in this call (runs finished earlier are only read)."""
     from rightfocus.engine.run import run_experiment
 
     seconds = []
+    steps = 0.0
     for i, cfg in enumerate(configs, 1):
         t0 = time.perf_counter()
+        finished = (cfg.run_dir / "metrics.json").is_file()
         metrics = run_experiment(cfg, quiet=True)
         seconds.append(time.perf_counter() - t0)
+        timing = cfg.run_dir / TIMING_FILE
+        if not finished and timing.is_file():
+            steps += float(json.loads(timing.read_text())["train_step_seconds"])
         shown = ", ".join(
             f"{k} {v:.3f}"
             for k, v in metrics.items()
             if k in ("balanced_accuracy", "auc", "overlap", "accuracy")
         )
         log(f"[{i}/{len(configs)}] {cfg.experiment}/{cfg.run}: {shown} ({seconds[-1]:.0f} s)")
-    return seconds
+    return seconds, steps
 
 
 def reproduce_image_dataset(
@@ -262,7 +279,7 @@ def reproduce_image_dataset(
                 sets.append("optim.epochs=2")
             configs.append(load_config(_config_file(file), [*sets, *overrides]))
     _check_data(configs[0])
-    seconds = _run_all(configs, log)
+    seconds, steps = _run_all(configs, log)
     return _finish(
         runs_dir,
         "data.dataset",
@@ -270,6 +287,7 @@ def reproduce_image_dataset(
         f"{name}: explanation feedback",
         quick,
         seconds,
+        steps,
         start,
     )
 
@@ -281,6 +299,7 @@ def _finish(
     title: str,
     quick: bool,
     seconds: list[float],
+    steps: float,
     start: float,
     notes: Sequence[str] = (),
 ) -> ReproduceResult:
@@ -297,7 +316,8 @@ def _finish(
     rendered = {
         n: paper_table(runs, c, row=row, column_order=list(methods)) for n, c in tables.items()
     }
-    return ReproduceResult(Path(runs_dir), report, rendered, time.perf_counter() - start, seconds)
+    total = time.perf_counter() - start
+    return ReproduceResult(Path(runs_dir), report, rendered, total, seconds, steps)
 
 
 def reproduce_proxy_attention(
@@ -328,7 +348,7 @@ def reproduce_proxy_attention(
             cfg = load_config(path, [*sets[:2], "proxy_attention=null", *overrides])
         configs.append(cfg)
     _check_data(configs[0])
-    seconds = _run_all(configs, log)
+    seconds, steps = _run_all(configs, log)
     tables = {"Accuracy": ["accuracy", "balanced_accuracy", "f1"]}
     report = write_report(
         runs_dir, tables=tables, row="data.dataset", title="Proxy Attention schedules"
@@ -337,7 +357,8 @@ def reproduce_proxy_attention(
     rendered = {
         n: paper_table(runs, c, row="data.dataset", column="run") for n, c in tables.items()
     }
-    return ReproduceResult(Path(runs_dir), report, rendered, time.perf_counter() - start, seconds)
+    total = time.perf_counter() - start
+    return ReproduceResult(Path(runs_dir), report, rendered, total, seconds, steps)
 
 
 def reproduce(

@@ -7,6 +7,7 @@ A run folder ``<runs_dir>/<experiment>/<run>/`` holds::
     checkpoints/last.ckpt    every ``trainer.checkpoint_every_n_steps`` steps and epoch end
     checkpoints/best.ckpt    best validation ``evaluation.monitor``
     tensorboard/             every loss term and metric (TensorBoard events)
+    timing.json              seconds spent inside training steps (engine.timing)
     metrics.json             final test metrics, a flat dict of floats (written last)
     figures/                 ``rightfocus explain`` grids, Proxy Attention figures
 
@@ -46,6 +47,7 @@ from rightfocus.engine.checkpoint import (
 from rightfocus.engine.config import Config, ConfigError, config_diff, load_config, parse_yaml
 from rightfocus.engine.datamodule import ExperimentData
 from rightfocus.engine.module import GuidedModule
+from rightfocus.engine.timing import TIMING_FILE, StepTimer
 from rightfocus.guidance.base import Guidance
 
 __all__ = [
@@ -172,7 +174,7 @@ def _callbacks(config: Config, run_dir: Path, has_val: bool, quiet: bool) -> lis
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 
     ckpt_dir = run_dir / "checkpoints"
-    callbacks: list[pl.Callback] = []
+    callbacks: list[pl.Callback] = [StepTimer()]
     if has_val:
         monitor = config.evaluation.monitor
         callbacks.append(
@@ -343,6 +345,11 @@ def run_experiment(config: Config, quiet: bool = False) -> dict[str, float]:
         dm.setup("test")
         device = trainer.strategy.root_device
         metrics = _evaluate(module.model, dm, config, device)
+        timer = next(c for c in trainer.callbacks if isinstance(c, StepTimer))  # type: ignore[attr-defined]
+        atomic_write_json(
+            run_dir / TIMING_FILE,
+            {"train_step_seconds": timer.train_step_seconds, "train_steps": timer.steps},
+        )
     atomic_write_json(metrics_file, metrics)
     return metrics
 
