@@ -101,3 +101,26 @@ def test_bf16_auto_batch_and_class_weights(tmp_path: Path) -> None:
     tuned = json.loads((cfg.run_dir / "batch_size.json").read_text())["batch_size"]
     assert 1 <= tuned <= 300
     assert not (cfg.run_dir / "checkpoints" / "best.ckpt").exists()  # folds: 1 -> no validation
+
+
+def test_validation_on_the_mean_network_with_val_mc_samples_zero() -> None:
+    import torch
+
+    from rightfocus import bayes
+    from rightfocus.engine.config import load_config_dict
+    from rightfocus.engine.module import predict_probs
+    from rightfocus.models import LeNet
+
+    model = bayes.to_bayesian(LeNet(), rho_init=-2.0)
+    x = torch.rand(4, 1, 28, 28)
+    mean = predict_probs(model, x, True, 0)
+    torch.testing.assert_close(mean, predict_probs(model, x, True, 0))
+    torch.testing.assert_close(mean, bayes.mc_predict(model, x, 1, sample=False).probs)
+    assert not torch.allclose(predict_probs(model, x, True, 3), mean)
+    raw = {"experiment": "e", "data": {"dataset": "decoy_mnist"}, "model": {"name": "lenet"}}
+    assert (
+        load_config_dict({**raw, "evaluation": {"val_mc_samples": 0}}).evaluation.val_mc_samples
+        == 0
+    )
+    with pytest.raises(Exception, match="val_mc_samples"):
+        load_config_dict({**raw, "evaluation": {"val_mc_samples": -1}})

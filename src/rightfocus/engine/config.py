@@ -156,6 +156,9 @@ class EvaluationConfig(_Section):
     attribution_options: dict[str, Any] = Field(default_factory=dict)
     overlap_target: Literal["label", "pred"] = "label"
     mc_samples: int = Field(default=10, ge=1)
+    # MC samples for the per-epoch validation of Bayesian models (model selection); None: as
+    # mc_samples; 0: the mean network (no sampling), the cheapest choice for long runs.
+    val_mc_samples: int | None = Field(default=None, ge=0)
     monitor: Literal["val/acc", "val/auc", "val/balanced_accuracy", "val/loss"] = "val/acc"
     checkpoint: Literal["best", "last"] = "best"
     batch_size: int = Field(default=256, ge=1)

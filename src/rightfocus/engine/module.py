@@ -31,10 +31,13 @@ __all__ = ["GuidedModule", "predict_probs"]
 
 
 def predict_probs(model: nn.Module, x: Tensor, bayesian: bool, mc_samples: int) -> Tensor:
-    """Class probabilities ``(B, K)``: MC mean for Bayesian models, softmax otherwise (no grad)."""
+    """Class probabilities ``(B, K)``: MC mean for Bayesian models (``mc_samples = 0``: the
+    mean network, no sampling), softmax otherwise; no grad, eval mode."""
     if bayesian:
         from rightfocus.bayes import mc_predict
 
+        if mc_samples == 0:
+            return mc_predict(model, x, samples=1, sample=False).probs
         return mc_predict(model, x, samples=mc_samples).probs
     from rightfocus import hooks
 
@@ -51,7 +54,7 @@ class GuidedModule(pl.LightningModule):
         optim: optimiser and scheduler settings.
         bayesian: use the ELBO data terms and MC prediction.
         kl_weight: multiplies the ELBO's KL term (1.0: the plain ELBO).
-        mc_samples: MC samples at validation.
+        mc_samples: MC samples at validation (0: the mean network).
         class_weights: optional ``(K,)`` cross-entropy weights.
         seed: seeds the validation RNG (``seed + epoch``).
     """

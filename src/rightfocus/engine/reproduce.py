@@ -102,6 +102,8 @@ def _decoy_base(variant: str, quick: bool, seed: int) -> dict[str, Any]:
             "attribution": "saliency",
             "attribution_options": {"abs": True},
             "mc_samples": 10 if quick else 30,
+            # model selection on the mean network each epoch; MC averaging for the test metrics
+            "val_mc_samples": 0,
         },
     }
 

@@ -328,7 +328,11 @@ def run_experiment(config: Config, quiet: bool = False) -> dict[str, float]:
             optim=config.optim,
             bayesian=config.model.bayesian,
             kl_weight=config.model.kl_weight,
-            mc_samples=config.evaluation.mc_samples,
+            mc_samples=(
+                config.evaluation.mc_samples
+                if config.evaluation.val_mc_samples is None
+                else config.evaluation.val_mc_samples
+            ),
             class_weights=dm.class_weights(meta_classes),
             seed=config.data.seed,
         )
