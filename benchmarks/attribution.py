@@ -39,17 +39,22 @@ RESULTS = HERE / "results" / "attribution.json"
 # Per-model options that keep every method's cost bounded (the same for ours and the peers).
 IG_STEPS = 50
 NT_SAMPLES = 10
+KS_SAMPLES = 200  # Kernel SHAP coalitions per image (LeNet-5 only: ResNet-18 would take minutes)
 BENCH_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
     "lenet5": {
         "integrated_gradients": {"n_steps": IG_STEPS},
         "occlusion": {"window": (7, 7), "strides": (7, 7)},
         "noise": {"n_samples": NT_SAMPLES, "stdev": 0.15, "relative": False},
+        "deepshap": {"baselines": torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))},  # noqa: E501
+        "kernel_shap": {"num_samples": KS_SAMPLES, "segments": "grid", "n_segments": 16},
     },
     "resnet18": {
         "integrated_gradients": {"n_steps": IG_STEPS, "internal_batch_size": 64},
         "occlusion": {"window": (56, 56), "strides": (56, 56)},
         "noise": {"n_samples": NT_SAMPLES, "stdev": 0.15, "relative": False,
                   "internal_batch_size": 64},
+        "deepshap": {"baselines": torch.rand(4, 3, 224, 224, generator=torch.Generator().manual_seed(0)),  # noqa: E501
+                     "internal_batch_size": 16},
     },
 }  # fmt: skip
 GOALS = {  # (ours, reference impl, minimum ratio ours/reference)
@@ -57,6 +62,10 @@ GOALS = {  # (ours, reference impl, minimum ratio ours/reference)
     "input_x_gradient": ("floor", 0.95),
     "guided_backprop": ("floor", 0.95),
     "integrated_gradients": ("captum", 1.5),
+    "deeplift": ("captum", 1.0),
+    "deepshap": ("captum", 1.0),
+    "kernel_shap": ("captum", 1.0),
+    "lrp": ("zennit", 1.0),
 }
 
 
@@ -135,15 +144,67 @@ def _captum_cases(tag: str, model, x, t, layer, opts) -> list[tuple[str, Callabl
         ("occlusion", lambda: ca.Occlusion(model).attribute(
             x, win, stride, baselines=0.0, target=t, perturbations_per_eval=max(1, 512 // len(x)))),
         ("gradcam", lambda: ca.LayerGradCam(model, layer).attribute(x, t, relu_attributions=True)),
+        *_captum_reference_cases(ca, tag, model, x, t, opts),
+        *_captum_lrp_cases(ca, model, x, t),
     ]  # fmt: skip
+
+
+def _captum_lrp_cases(ca, model, x, t) -> list[tuple[str, Callable[[], Any]]]:
+    """Captum's LRP with epsilon-plus rules (z+ = Alpha1_Beta0 on convs, epsilon on dense), on a
+    copy of the model because Captum stores its rules as module attributes; skipped with a note
+    where Captum's LRP refuses the model."""
+    import copy
+
+    from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule, EpsilonRule
+
+    lrp_model = copy.deepcopy(model)
+    for m in lrp_model.modules():
+        if isinstance(m, nn.Conv2d):
+            m.rule = Alpha1_Beta0_Rule()
+        elif isinstance(m, nn.Linear):
+            m.rule = EpsilonRule(epsilon=1e-6)
+    try:
+        ca.LRP(lrp_model).attribute(x[:2], target=t[:2])
+    except Exception as err:  # any refusal means "not supported"
+        print(f"  captum LRP skipped: {type(err).__name__}: {err}", file=sys.stderr)
+        return []
+    return [("lrp", lambda: ca.LRP(lrp_model).attribute(x, target=t))]
+
+
+def _captum_reference_cases(ca, tag, model, x, t, opts) -> list[tuple[str, Callable[[], Any]]]:
+    """DeepLift / DeepLiftShap (LeNet-5 only: Captum refuses ResNet-18's reused ReLU modules)
+    and KernelShap on the same grid of superpixels as ours (where ``opts`` has kernel_shap)."""
+    from rightfocus.attribution.surrogate import grid_segments
+
+    cases: list[tuple[str, Callable[[], Any]]] = []
+    if tag == "lenet5":
+        refs = opts["deepshap"]["baselines"]
+        cases += [
+            ("deeplift", lambda: ca.DeepLift(model).attribute(x, 0.0, t)),
+            ("deepshap", lambda: ca.DeepLiftShap(model).attribute(x, refs, t)),
+        ]
+    if "kernel_shap" in opts:
+        ks = opts["kernel_shap"]
+        _, C, H, W = x.shape
+        mask = grid_segments(H, W, ks["n_segments"])[None, None].expand(1, C, H, W)
+        n = ks["num_samples"]
+        cases.append(("kernel_shap", lambda: ca.KernelShap(model).attribute(
+            x, baselines=0.0, target=t, feature_mask=mask, n_samples=n,
+            perturbations_per_eval=n)))  # fmt: skip
+    return cases
 
 
 def _zennit_cases(model, x, t, opts) -> list[tuple[str, Callable[[], Any]]]:
     try:
         from zennit.attribution import Gradient, IntegratedGradients, SmoothGrad
-        from zennit.composites import DeconvNet, GuidedBackprop
+        from zennit.composites import DeconvNet, EpsilonPlus, GuidedBackprop
+        from zennit.torchvision import ResNetCanonizer
     except ImportError:
         return []
+    import torchvision
+
+    is_resnet = isinstance(model, torchvision.models.ResNet)
+    epsilon_plus = EpsilonPlus(canonizers=[ResNetCanonizer()] if is_resnet else None)
     n_classes = model(x[:1]).shape[1]
     onehot = torch.eye(n_classes, dtype=x.dtype)[t]
 
@@ -161,6 +222,7 @@ def _zennit_cases(model, x, t, opts) -> list[tuple[str, Callable[[], Any]]]:
         ("deconvnet", run(Gradient, DeconvNet())),
         ("integrated_gradients", run(IntegratedGradients, n_iter=opts["integrated_gradients"]["n_steps"])),  # noqa: E501
         ("smoothgrad", run(SmoothGrad, n_iter=nt["n_samples"], noise_level=nt["stdev"])),
+        ("lrp", run(Gradient, epsilon_plus)),
     ]  # fmt: skip
 
 
@@ -179,6 +241,8 @@ def build_cases(tag: str, model: nn.Module, x: torch.Tensor, t: torch.Tensor) ->
             continue  # the CAM family is timed by benchmarks/cam_speed.py
         if name in ("smoothgrad", "smoothgrad_sq", "vargrad"):
             method_opts = dict(opts["noise"], seed=0)
+        elif name == "kernel_shap" and name in opts:
+            method_opts = dict(opts[name], seed=0)
         elif cls.stochastic:
             continue  # long-tail stochastic methods: benchmarks/attribution_tail.py
         else:

@@ -158,7 +158,8 @@ def main() -> None:
         var_s = f"{var:.4g}" if var is not None else ""
         print(f"{name:<34}{1e3 * t:>11.2f}{t / base:>11.2f}{var_s:>12}")
     lrt = med["rightfocus LRT"] / base
-    print(f"goal: LRT step <= 2.2x deterministic -> {lrt:.2f}x ({'met' if lrt <= 2.2 else 'MISSED'})")
+    verdict = "met" if lrt <= 2.2 else "MISSED"
+    print(f"goal: LRT step <= 2.2x deterministic -> {lrt:.2f}x ({verdict})")
     peer_var = variances.get("bayesian-torch Reparameterization")
     if peer_var is not None:
         ratio = variances["rightfocus LRT"] / peer_var

@@ -233,3 +233,53 @@ def sampling(model: nn.Module, enabled: bool | None = True) -> Iterator[nn.Modul
     finally:
         for m, value in zip(layers, previous):
             setattr(m, "sample", value)  # noqa: B010
+
+
+@contextmanager
+def paired_backward_rules(
+    model: nn.Module,
+    rules: dict[type[nn.Module], Callable[[nn.Module, Callable[..., Any]], Callable[..., Any]]],
+) -> Iterator[list[nn.Module]]:
+    """Swap the backward rule of every module whose exact type is in ``rules`` inside the block.
+
+    For reference-based methods (DeepLIFT, DeepSHAP) that run paired forward passes on an input
+    ``x`` and its reference ``x_ref``: ``rules[type(m)](m, original_forward)`` builds the
+    forward that replaces ``m.forward`` (same values, but an autograd backward that uses both
+    passes' values, e.g. the rescale multiplier ``(f(x) - f(x_ref)) / (x - x_ref)``). Yields the
+    patched modules; every ``forward`` is restored in ``finally``, also when a rule or the body
+    raises.
+    """
+    targets = [m for m in model.modules() if type(m) in rules]
+    with ExitStack() as stack:
+        for module in targets:
+            # build first, so that a rule that raises leaves this module untouched
+            forward = rules[type(module)](module, module.forward)
+
+            def replace(_original: Callable[..., Any], f: Callable[..., Any] = forward) -> Any:
+                return f
+
+            stack.enter_context(patched_forward(module, replace))
+        yield targets
+
+
+@contextmanager
+def patched_forwards(
+    replacements: dict[nn.Module, Callable[[Callable[..., Any]], Callable[..., Any]]],
+) -> Iterator[list[nn.Module]]:
+    """Replace the ``forward`` of several modules at once inside the block.
+
+    ``replacements[m](original_forward)`` builds the forward that replaces ``m.forward`` (as in
+    :func:`patched_forward`); used by LRP to swap each layer's backward for its rule and to run
+    canonized forms (merged batch norms, explicit residual sums) without changing the model.
+    Every replacement is built before any module is touched, and every ``forward`` is restored in
+    ``finally``, also when building one or the body raises. Yields the patched modules.
+    """
+    forwards = {m: make(m.forward) for m, make in replacements.items()}
+    with ExitStack() as stack:
+        for module, forward in forwards.items():
+
+            def replace(_original: Callable[..., Any], f: Callable[..., Any] = forward) -> Any:
+                return f
+
+            stack.enter_context(patched_forward(module, replace))
+        yield list(forwards)

@@ -11,12 +11,19 @@ from rightfocus import METHODS, attribute
 
 NAMES = METHODS.names()
 LAYER_METHODS = [n for n in NAMES if METHODS.get(n).needs_layer]
-CHEAP = {"integrated_gradients": {"n_steps": 2}, "occlusion": {"window": (4, 4)}}
+CHEAP = {
+    "integrated_gradients": {"n_steps": 2},
+    "occlusion": {"window": (4, 4)},
+    "deepshap": {"baselines": torch.rand(2, 1, 8, 8)},
+    "kernel_shap": {"num_samples": 2, "segments": "grid", "seed": 0},
+    "lime": {"num_samples": 2, "segments": "grid", "seed": 0},
+    "rise": {"n_masks": 2, "seed": 0},
+}
 
 
 def run(name: str, model: nn.Module, x, target=None, **opts):
     opts = {**CHEAP.get(name, {}), **opts}
-    if METHODS.get(name).stochastic:
+    if METHODS.get(name).stochastic and name not in CHEAP:
         opts.setdefault("n_samples", 2)
     return attribute(model, x, target, name, **opts)
 

@@ -26,6 +26,10 @@ CHEAP: dict[str, Any] = {"n_steps": 4, "n_samples": 3, "n_masks": 8, "num_sample
 # Per-method overrides (only where the generic knobs are not enough).
 FAST: dict[str, dict[str, Any]] = {
     "occlusion": {"window": (4, 4), "strides": (3, 3)},
+    # DeepSHAP needs a reference distribution (deterministic, matching ContractCNN's input)
+    "deepshap": {"baselines": torch.linspace(0, 1, 600, dtype=torch.float64).view(2, 3, 10, 10)},
+    "kernel_shap": {"n_segments": 9},
+    "lime": {"n_segments": 9},
 }
 
 

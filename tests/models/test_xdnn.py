@@ -127,7 +127,7 @@ def test_x_gradient_equals_captum_integrated_gradients_zero_baseline(arch: str) 
 
 
 def test_bad_input_is_refused() -> None:
-    with pytest.raises(TypeError, match="nn.Module"):
+    with pytest.raises(TypeError, match=r"nn\.Module"):
         to_xdnn("lenet")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="alphas"):
         homogeneity_error(LeNet(), torch.rand(1, 1, 28, 28), alphas=(0.0,))

@@ -63,7 +63,7 @@ def test_pretrained_download_offline_says_what_to_do(monkeypatch, tmp_path) -> N
         raise OSError("network is unreachable")
 
     monkeypatch.setattr("torch.hub.load_state_dict_from_url", offline)
-    with pytest.raises(RuntimeError, match="weights='<path to the .pth file>'"):
+    with pytest.raises(RuntimeError, match=r"weights='<path to the \.pth file>'"):
         build_model("alexnet", num_classes=3, image_size=64, pretrained=True)
     with pytest.raises(ValueError, match="not both"):
         build_model("alexnet", image_size=64, weights=tmp_path / "x.pth", pretrained=True)

@@ -1,6 +1,15 @@
 """Attribution methods behind one call: ``attribute(model, x, target, method=...)``."""
 
-from rightfocus.attribution import cam, gradient, perturbation, smoothing  # noqa: F401 (registers methods)
+from rightfocus.attribution import (  # noqa: F401 (registers methods)
+    cam,
+    deeplift,
+    gradient,
+    perturbation,
+    propagation,
+    rise,
+    smoothing,
+    surrogate,
+)
 from rightfocus.attribution.base import Attribution, attribute, check_input, register_method
 from rightfocus.attribution.cam import GradCAM
 from rightfocus.attribution.gradient import (

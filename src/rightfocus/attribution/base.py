@@ -94,6 +94,24 @@ class Attribution(ABC):
         return f"{type(self).__name__}({opts})"
 
 
+PASS_ELEMENTS = 2**19
+"""Default budget of input elements per forward pass for methods that evaluate many copies of
+a batch (IG path points, noise draws): moderate batches keep activations in cache, which is
+faster on CPU than one huge pass (measured: LeNet-5 IG at 50 steps, 512 images per pass run
+1.35x faster than all 12,800 at once) and bounds memory on large images."""
+
+
+def steps_per_pass(internal_batch_size: int | None, batch: int, n: int, sample_numel: int) -> int:
+    """How many of ``n`` copies of a ``batch`` to evaluate per pass (at least one).
+
+    ``internal_batch_size`` caps the images per pass; ``None`` picks
+    ``max(batch, PASS_ELEMENTS // sample_numel)`` images.
+    """
+    if internal_batch_size is None:
+        internal_batch_size = max(batch, PASS_ELEMENTS // max(1, sample_numel))
+    return max(1, min(n, internal_batch_size // batch))
+
+
 def input_gradient(
     model: nn.Module,
     x: Tensor,

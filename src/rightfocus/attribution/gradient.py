@@ -10,7 +10,12 @@ import torch
 from torch import Tensor, nn
 
 from rightfocus import hooks
-from rightfocus.attribution.base import Attribution, input_gradient, register_method
+from rightfocus.attribution.base import (
+    Attribution,
+    input_gradient,
+    register_method,
+    steps_per_pass,
+)
 from rightfocus.attribution.targets import Target, fix_target, select
 
 __all__ = [
@@ -117,7 +122,8 @@ class IntegratedGradients(_Gradient):
         integration: ``gausslegendre`` (default) or a Riemann rule (``riemann_left``,
             ``riemann_right``, ``riemann_middle``, ``riemann_trapezoid``); Captum calls this
             option ``method``, a name ``attribute(..., method=...)`` already uses.
-        internal_batch_size: at most this many path points per forward pass (default: all).
+        internal_batch_size: at most this many path points per forward pass (at least one
+            step of the batch; default: about ``PASS_ELEMENTS`` input elements per pass).
     """
 
     def __init__(
@@ -160,11 +166,10 @@ class IntegratedGradients(_Gradient):
         alphas = torch.tensor(self.alphas, dtype=x.dtype, device=x.device)
         weights = torch.tensor(self.weights, dtype=x.dtype, device=x.device)
         diff = x - base
-        per_pass = self.internal_batch_size or B * self.n_steps
-        steps_per_pass = max(1, per_pass // B)
+        per_pass = steps_per_pass(self.internal_batch_size, B, self.n_steps, x[0].numel())
         total = torch.zeros_like(x)
-        for start in range(0, self.n_steps, steps_per_pass):
-            a = alphas[start : start + steps_per_pass]
+        for start in range(0, self.n_steps, per_pass):
+            a = alphas[start : start + per_pass]
             k = a.shape[0]
             # (k, B, C, H, W) path points, flattened step-major.
             path = (base.unsqueeze(0) + a.view(k, 1, 1, 1, 1) * diff.unsqueeze(0)).reshape(

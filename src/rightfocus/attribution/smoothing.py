@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from rightfocus._registry import METHODS
-from rightfocus.attribution.base import Attribution, register_method
+from rightfocus.attribution.base import Attribution, register_method, steps_per_pass
 from rightfocus.attribution.targets import Target, fix_target
 
 __all__ = ["KINDS", "NoiseTunnel", "SmoothGrad", "SmoothGradSq", "VarGrad", "noise_tunnel"]
@@ -82,7 +82,7 @@ def noise_tunnel(
         target: a ``(B,)`` class tensor or a callable on the outputs (``None`` is not resolved
             here: it would mean each noisy copy's own predicted class).
         kind: ``smoothgrad``, ``smoothgrad_sq`` or ``vargrad``.
-        internal_batch_size: images per ``explain`` call (default: all ``n * B`` at once).
+        internal_batch_size: images per ``explain`` call (default: see ``base.steps_per_pass``).
     """
     _check_kind(kind)
     if noise.dim() != 5 or tuple(noise.shape[2:]) != tuple(x.shape[1:]):
@@ -91,7 +91,7 @@ def noise_tunnel(
             f"got {tuple(noise.shape)}"
         )
     n, B = noise.shape[0], x.shape[0]
-    per_pass = max(1, (internal_batch_size or n * B) // B)
+    per_pass = steps_per_pass(internal_batch_size, B, n, x[0].numel())
     moments = _Moments()
     total: Tensor | None = None
     for start in range(0, n, per_pass):
@@ -134,7 +134,7 @@ class NoiseTunnel(Attribution):
         stdev: noise level; a fraction of each image's value range when ``relative``, else the
             absolute standard deviation.
         seed: seeds the noise generator (``None``: drawn from torch's global generator).
-        internal_batch_size: images per base-method call (default: all copies at once).
+        internal_batch_size: images per base-method call (default: see ``base.steps_per_pass``).
         create_graph: passed to the base method (must be differentiable).
         **method_options: options for the base method when ``method`` is a name.
 

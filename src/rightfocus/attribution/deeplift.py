@@ -1,0 +1,466 @@
+"""Reference-based attribution: DeepLIFT (rescale rule) and DeepSHAP.
+
+Both run the model twice with every supported nonlinearity swapped
+(:func:`rightfocus.hooks.paired_backward_rules`): a reference pass on ``x'`` records each
+nonlinearity's input and output, and the input pass on ``x`` pairs every nonlinearity with its
+reference values and gives it a backward that uses both:
+
+- elementwise activations (ReLU, Sigmoid, Tanh, Softplus, ELU, GELU, ...): the rescale rule
+  ``m = (f(x) - f(x_ref)) / (x - x_ref)``, or ``f'(x)`` where ``|x - x_ref| < eps``;
+- max-pooling: each output's difference ``y - y_ref`` is routed to the argmax of ``x`` (the part
+  ``max(y, y_ref) - y_ref``) and to the argmax of ``x_ref`` (the part ``y - max(y, y_ref)``),
+  then divided by ``x - x_ref`` (plain gradient where ``|x - x_ref| < eps``), as Captum does;
+- linear layers (convolution, linear, average pooling, batch norm in eval mode, reshapes) keep
+  their ordinary backward, which passes the multipliers through.
+
+The backward of the input pass then is the DeepLIFT multiplier ``m_{x -> t}`` and
+``sum_i (x_i - x_ref_i) m_i = t(x) - t(x_ref)`` (summation-to-delta). Only ``nn.Module``
+nonlinearities are reached: a functional ``F.relu`` in a model's ``forward`` keeps its plain
+gradient and breaks summation-to-delta, which ``return_delta=True`` exposes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict, deque
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rightfocus import hooks
+from rightfocus.attribution.base import Attribution, register_method
+from rightfocus.attribution.targets import Target, fix_target, select
+
+__all__ = ["ELEMENTWISE", "DeepLift", "DeepShap", "deeplift_rules", "paired_deeplift"]
+
+ELEMENTWISE: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+    nn.Mish, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish,
+)  # fmt: skip
+_PAIRS_PER_PASS = 256
+_POOLS: dict[type[nn.Module], Callable[..., Any]] = {
+    nn.MaxPool1d: F.max_pool1d,
+    nn.MaxPool2d: F.max_pool2d,
+    nn.MaxPool3d: F.max_pool3d,
+}
+
+
+class _Pairing:
+    """The reference's values at every nonlinearity, recorded by one pass, replayed by the next.
+
+    ``mode="reference"``: each patched module runs normally and records its input and output
+    (and the arg-maxima of a max-pool); ``mode="input"`` (only with ``true_copy``, for
+    ``create_graph``) records the input's own values with their ordinary autograd graph;
+    ``mode="pair"``: each module takes the recorded values in call order (a module called twice,
+    e.g. a shared ReLU, gets both calls' values in the same order) and applies its rule.
+    """
+
+    def __init__(self, true_copy: bool = False) -> None:
+        self.mode = "reference"
+        self.true_copy = true_copy
+        self.stores: dict[str, dict[int, deque[tuple[Tensor, ...]]]] = {
+            "reference": defaultdict(deque),
+            "input": defaultdict(deque),
+        }
+
+    def record(self, module: nn.Module, values: tuple[Tensor, ...]) -> None:
+        self.stores[self.mode][id(module)].append(values)
+
+    def take(self, module: nn.Module, x: Tensor, store: str) -> tuple[Tensor, ...]:
+        queue = self.stores[store][id(module)]
+        if not queue or queue[0][0].shape != x.shape:
+            raise RuntimeError(
+                f"{type(module).__name__} was called differently for the input and for the "
+                "reference (another number of calls or input shape): DeepLIFT needs a forward "
+                "pass whose sequence of nonlinear modules does not depend on the data"
+            )
+        return queue.popleft()
+
+    def pair(self, module: nn.Module, x: Tensor) -> tuple[tuple[Tensor, ...], tuple[Any, ...]]:
+        """``(reference values, own values)``; own values are ``None`` without ``true_copy``."""
+        ref = self.take(module, x, "reference")
+        own = self.take(module, x, "input") if self.true_copy else (None,) * len(ref)
+        return ref, own
+
+    def check_consumed(self) -> None:
+        if any(self.stores["reference"].values()):
+            raise RuntimeError(
+                "The forward pass called some nonlinear modules for the reference but not for "
+                "the input; DeepLIFT needs the same sequence of modules for both"
+            )
+
+
+def _rescale_slope(
+    x: Tensor,
+    y: Tensor,
+    ref: Tensor,
+    y_ref: Tensor,
+    eps: float,
+    derivative: Callable[[Tensor], Tensor],
+) -> Tensor:
+    """``(f(x) - f(x')) / (x - x')``, or ``f'(x)`` where ``|x - x'| < eps``."""
+    dx = x - ref
+    tiny = dx.abs() < eps
+    slope = (y - y_ref) / dx.masked_fill(tiny, 1.0)
+    return torch.where(tiny, derivative(x), slope) if bool(tiny.any()) else slope
+
+
+class _Rescale(torch.autograd.Function):
+    """``y = f(x)``; backward: ``grad * (f(x) - f(x')) / (x - x')`` (Shrikumar et al. 2017, Eq. 3).
+
+    ``(x', f(x'))`` come from the reference pass. Without ``create_graph`` the multiplier is
+    computed in the forward pass and only it is kept; with ``create_graph``, ``(x, f(x))`` with
+    their true graph are given and the multiplier is computed in the backward pass from
+    graph-connected values, so that its parameter gradients are exact.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        ref: Tensor,
+        y_ref: Tensor,
+        x_true: Tensor | None,
+        y_true: Tensor | None,
+        rule: tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor], float],
+    ) -> Tensor:
+        fn, derivative, eps = rule
+        y = fn(x)
+        ctx.derivative, ctx.eps = derivative, eps
+        if x_true is None or y_true is None:
+            ctx.save_for_backward(_rescale_slope(x, y, ref, y_ref, eps, derivative))
+        else:
+            ctx.save_for_backward(x_true, y_true, ref, y_ref)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        saved = ctx.saved_tensors
+        if len(saved) == 1:
+            return grad * saved[0], None, None, None, None, None
+        x, y, ref, y_ref = saved
+        slope = _rescale_slope(x, y, ref, y_ref, ctx.eps, ctx.derivative)
+        return grad * slope, None, None, None, None, None
+
+
+def _unpool(shape: torch.Size, *parts: tuple[Tensor, Tensor]) -> Tensor:
+    """Scatter-add pooled ``(values, indices)`` back to the input positions (flat per plane)."""
+    flat = parts[0][0].new_zeros(*shape[:2], math.prod(shape[2:]))
+    for values, indices in parts:
+        flat.scatter_add_(2, indices.flatten(2), values.flatten(2))
+    return flat.view(shape)
+
+
+class _MaxPoolRescale(torch.autograd.Function):
+    """Max-pooling with DeepLIFT's paired backward (the rule Captum's ``DeepLift`` uses).
+
+    With ``top = max(y, y')``: ``Δy`` splits into ``top - y'`` (sent to the argmax of ``x``) and
+    ``y - top`` (sent to the argmax of ``x'``); the sum is divided by ``Δx`` (the plain
+    gradient where ``|Δx| < eps``). Overlapping windows accumulate (Captum's unpooling
+    overwrites instead; equal for stride = kernel). Reference and (for ``create_graph``) true
+    values as for :class:`_Rescale`, each ``(input, pooled, arg-maxima)``.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        ref: Tensor,
+        y_ref: Tensor,
+        idx_ref: Tensor,
+        x_true: Tensor | None,
+        y_true: Tensor | None,
+        idx_true: Tensor | None,
+        rule: tuple[Callable[[Tensor], Any], float],
+    ) -> Tensor:
+        pool, ctx.eps = rule
+        y, idx = pool(x)
+        if x_true is None or y_true is None or idx_true is None:
+            x_true, y_true, idx_true = x, y, idx
+        ctx.save_for_backward(x_true, y_true, idx_true, ref, y_ref, idx_ref)
+        return y  # type: ignore[no-any-return]
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, y, ix, ref, y_ref, iref = ctx.saved_tensors
+        top = torch.maximum(y, y_ref)
+        routed = _unpool(x.shape, (grad * (top - y_ref), ix), (grad * (y - top), iref))
+        dx = x - ref
+        tiny = dx.abs() < ctx.eps
+        m = routed / dx.masked_fill(tiny, 1.0)
+        if bool(tiny.any()):
+            m = torch.where(tiny, _unpool(x.shape, (grad, ix)), m)
+        return (m, *([None] * 7))
+
+
+Rule = Callable[[nn.Module, Callable[..., Any]], Callable[..., Any]]
+
+
+def _relu_derivative(x: Tensor) -> Tensor:
+    return (x > 0).to(x.dtype)
+
+
+def _autograd_derivative(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """``x -> f'(x)`` of an elementwise ``f``; differentiable when run under ``create_graph``."""
+
+    def derivative(x: Tensor) -> Tensor:
+        keep = torch.is_grad_enabled() and x.requires_grad
+        with torch.enable_grad():
+            xi = x if keep else x.detach().requires_grad_(True)
+            (d,) = torch.autograd.grad(fn(xi).sum(), xi, create_graph=keep)
+        return d
+
+    return derivative
+
+
+def _elementwise_rule(eps: float, pairing: _Pairing) -> Rule:
+    def make(module: nn.Module, original: Callable[..., Any]) -> Callable[..., Any]:
+        inplace = bool(getattr(module, "inplace", False))
+
+        def fn(t: Tensor) -> Tensor:
+            return original(t.clone() if inplace else t)  # type: ignore[no-any-return]
+
+        derivative = _relu_derivative if type(module) is nn.ReLU else _autograd_derivative(fn)
+
+        def forward(t: Tensor) -> Tensor:
+            if pairing.mode != "pair":
+                y = fn(t)
+                pairing.record(module, (t, y))
+                return y
+            ref, own = pairing.pair(module, t)
+            return _Rescale.apply(t, *ref, *own, (fn, derivative, eps))  # type: ignore[no-any-return]
+
+        return forward
+
+    return make
+
+
+def _maxpool_rule(eps: float, pairing: _Pairing) -> Rule:
+    def make(module: nn.Module, _original: Callable[..., Any]) -> Callable[..., Any]:
+        m: Any = module
+        if m.return_indices:
+            raise ValueError(
+                f"DeepLIFT cannot rewrite {type(module).__name__}(return_indices=True); use a "
+                "pooling layer that returns only the pooled tensor"
+            )
+        pool_fn = _POOLS[type(module)]
+
+        def pool(t: Tensor) -> Any:
+            return pool_fn(
+                t, m.kernel_size, m.stride, m.padding, m.dilation,
+                ceil_mode=m.ceil_mode, return_indices=True,
+            )  # fmt: skip
+
+        def forward(t: Tensor) -> Tensor:
+            if pairing.mode != "pair":
+                y, idx = pool(t)
+                pairing.record(module, (t, y, idx))
+                return y  # type: ignore[no-any-return]
+            ref, own = pairing.pair(module, t)
+            return _MaxPoolRescale.apply(t, *ref, *own, (pool, eps))  # type: ignore[no-any-return]
+
+        return forward
+
+    return make
+
+
+def deeplift_rules(eps: float, pairing: _Pairing) -> dict[type[nn.Module], Rule]:
+    """The module-type -> forward rules for :func:`rightfocus.hooks.paired_backward_rules`."""
+    rules: dict[type[nn.Module], Rule] = dict.fromkeys(ELEMENTWISE, _elementwise_rule(eps, pairing))
+    rules.update(dict.fromkeys(_POOLS, _maxpool_rule(eps, pairing)))
+    return rules
+
+
+def paired_deeplift(
+    model: nn.Module,
+    x: Tensor,
+    ref: Tensor,
+    target: Target,
+    eps: float = 1e-10,
+    create_graph: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """DeepLIFT attributions ``(x - ref) * m`` and score gaps ``t(x) - t(ref)`` of ``B`` pairs.
+
+    A reference pass (without autograd graph) records every nonlinearity's input and output;
+    the input pass then pairs each nonlinearity with its reference values, and one backward
+    pass gives the multipliers. ``target`` is resolved on ``x`` (``None``: the class predicted
+    for ``x``). With ``create_graph`` the multipliers must not stand in for the true
+    derivatives when the result is differentiated w.r.t. the parameters, so an extra, ordinary
+    pass on ``x`` supplies graph-connected values, and the reference pass keeps its graph.
+    """
+    pairing = _Pairing(true_copy=create_graph)
+    xa = x if (create_graph and x.requires_grad) else x.detach().requires_grad_(True)
+    with hooks.paired_backward_rules(model, deeplift_rules(eps, pairing)):
+        with torch.set_grad_enabled(create_graph):
+            out_ref = model(ref)
+        if create_graph:
+            pairing.mode = "input"
+            model(xa)
+        pairing.mode = "pair"
+        out = model(xa)
+        pairing.check_consumed()
+        fixed = fix_target(out, target)
+        scores = select(out, fixed)
+        (grad,) = torch.autograd.grad(scores.sum(), xa, create_graph=create_graph)
+    gap = scores.detach() - select(out_ref, fixed).detach()
+    return (x - ref) * grad, gap
+
+
+def _check_eps(eps: float) -> float:
+    if not (isinstance(eps, (int, float)) and eps > 0):
+        raise ValueError(f"eps must be a positive number, got {eps!r}")
+    return float(eps)
+
+
+class _Reference(Attribution):
+    differentiable = True
+
+    def __init__(
+        self, *, eps: float, return_delta: bool, create_graph: bool, eval_mode: bool | None
+    ) -> None:
+        super().__init__(eval_mode=eval_mode)
+        self.eps = _check_eps(eps)
+        self.return_delta = bool(return_delta)
+        self._create_graph = bool(create_graph)
+
+
+@register_method("deeplift")
+class DeepLift(_Reference):
+    """DeepLIFT with the rescale rule (Shrikumar et al. 2017, "Learning important features
+    through propagating activation differences").
+
+    ``A_i = (x_i - x'_i) * m_i`` where ``m`` is the multiplier ``m_{Δx -> Δt}`` obtained by the
+    chain rule for multipliers: linear layers pass multipliers through, a nonlinearity
+    ``y = f(z)`` multiplies by ``(f(z) - f(z')) / (z - z')`` (``f'(z)`` where ``|z - z'| < eps``),
+    max-pooling routes the output difference to the arg-maxima (module docstring).
+    Summation-to-delta: ``sum_i A_i = t(x) - t(x')``; with ``return_delta=True`` the call returns
+    ``(attribution, delta)`` where ``delta = sum_i A_i - (t(x) - t(x'))`` per sample, as
+    :class:`~rightfocus.attribution.gradient.IntegratedGradients` does. Matches Captum's
+    ``DeepLift``. Needs ``nn.Module`` nonlinearities (not functional calls).
+
+    Args:
+        baseline: ``x'``; ``None`` (zeros), a number, or a tensor broadcastable to ``x``.
+        eps: ``|z - z'|`` below which the gradient replaces the rescale multiplier.
+        return_delta: also return the summation-to-delta gap.
+        create_graph: keep the result differentiable w.r.t. the model parameters (costs one
+            more forward pass). The model then keeps its own train/eval mode, as for
+            every method: dropout or batch statistics in training mode break the pairing of
+            ``x`` with ``x'``; pass ``eval_mode=True`` for such models.
+    """
+
+    def __init__(
+        self,
+        *,
+        baseline: float | Tensor | None = None,
+        eps: float = 1e-10,
+        return_delta: bool = False,
+        create_graph: bool = False,
+        eval_mode: bool | None = None,
+    ) -> None:
+        super().__init__(
+            eps=eps, return_delta=return_delta, create_graph=create_graph, eval_mode=eval_mode
+        )
+        if baseline is not None and not isinstance(baseline, (int, float, Tensor)):
+            raise TypeError(f"baseline must be None, a number or a tensor, not {type(baseline)}")
+        self.baseline = baseline
+
+    def _baseline(self, x: Tensor) -> Tensor:
+        if self.baseline is None:
+            return torch.zeros_like(x)
+        b = torch.as_tensor(self.baseline, dtype=x.dtype, device=x.device)
+        try:
+            return torch.broadcast_to(b, x.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"baseline of shape {tuple(b.shape)} cannot be broadcast to x {tuple(x.shape)}"
+            ) from None
+
+    def _attribute(self, model: nn.Module, x: Tensor, target: Target) -> Any:
+        attr, gap = paired_deeplift(
+            model, x, self._baseline(x), target, self.eps, self.create_graph
+        )
+        if not self.return_delta:
+            return attr
+        return attr, attr.detach().flatten(1).sum(1) - gap
+
+
+@register_method("deepshap")
+class DeepShap(_Reference):
+    """DeepSHAP (Lundberg & Lee 2017, "A unified approach to interpreting model predictions"):
+    DeepLIFT averaged over a distribution of references.
+
+    ``A_i = 1/N sum_j (x_i - b_{j,i}) * m_i(x, b_j)`` for reference images ``b_1 .. b_N``
+    (e.g. a random sample of training images), approximating SHAP values with the expectation
+    ``E[t(b)]`` as the base value: ``sum_i A_i = t(x) - 1/N sum_j t(b_j)``. With
+    ``return_delta=True`` the call returns ``(attribution, delta)``, ``delta = sum_i A_i -
+    (t(x) - mean_j t(b_j))``. Matches Captum's ``DeepLiftShap``.
+
+    Args:
+        baselines: ``(N, C, H, W)`` reference images (required; ``N >= 1``).
+        eps: ``|z - z'|`` below which the gradient replaces the rescale multiplier.
+        internal_batch_size: (image, reference) pairs per forward pass (default: up to 256,
+            which is faster on a CPU than one large pass); at least one reference per pass.
+        return_delta: also return the summation-to-delta gap.
+        create_graph: keep the result differentiable w.r.t. the model parameters.
+    """
+
+    def __init__(
+        self,
+        *,
+        baselines: Tensor | None = None,
+        eps: float = 1e-10,
+        internal_batch_size: int | None = None,
+        return_delta: bool = False,
+        create_graph: bool = False,
+        eval_mode: bool | None = None,
+    ) -> None:
+        super().__init__(
+            eps=eps, return_delta=return_delta, create_graph=create_graph, eval_mode=eval_mode
+        )
+        if baselines is None:
+            raise ValueError(
+                "deepshap needs baselines=...: an (N, C, H, W) tensor of reference images, e.g. "
+                "a random sample of about 100 training images; for one reference use 'deeplift'"
+            )
+        if not isinstance(baselines, Tensor) or baselines.dim() != 4 or baselines.shape[0] < 1:
+            got = tuple(baselines.shape) if isinstance(baselines, Tensor) else type(baselines)
+            raise ValueError(f"baselines must be an (N, C, H, W) tensor with N >= 1, got {got}")
+        if internal_batch_size is not None and internal_batch_size < 1:
+            raise ValueError(f"internal_batch_size must be >= 1, got {internal_batch_size}")
+        self.baselines = baselines
+        self.internal_batch_size = internal_batch_size
+
+    def _references(self, x: Tensor) -> Tensor:
+        refs = self.baselines.to(dtype=x.dtype, device=x.device)
+        if tuple(refs.shape[1:]) != tuple(x.shape[1:]):
+            raise ValueError(
+                f"baselines of shape {tuple(refs.shape)} do not match the images "
+                f"{tuple(x.shape)}: each reference must have shape {tuple(x.shape[1:])}"
+            )
+        return refs
+
+    def _attribute(self, model: nn.Module, x: Tensor, target: Target) -> Any:
+        refs = self._references(x)
+        if target is None or isinstance(target, (int, Tensor)):
+            with torch.no_grad():
+                target = fix_target(model(x), target)
+        B, N = x.shape[0], refs.shape[0]
+        per_pass = max(1, (self.internal_batch_size or _PAIRS_PER_PASS) // B)
+        total, gaps = torch.zeros_like(x), x.new_zeros(B)
+        for start in range(0, N, per_pass):
+            chunk = refs[start : start + per_pass]
+            k = chunk.shape[0]
+            tgt = target.repeat(k) if isinstance(target, Tensor) else target
+            attr, gap = paired_deeplift(
+                model, x.repeat(k, 1, 1, 1), chunk.repeat_interleave(B, dim=0), tgt,
+                self.eps, self.create_graph,
+            )  # fmt: skip
+            total = total + attr.view(k, *x.shape).sum(dim=0)
+            gaps = gaps + gap.view(k, B).sum(dim=0)
+        attr = total / N
+        if not self.return_delta:
+            return attr
+        return attr, attr.detach().flatten(1).sum(1) - gaps / N
