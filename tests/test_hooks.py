@@ -161,3 +161,12 @@ def test_count_hooks_sees_user_hooks(model):
     assert hooks.count_hooks(model) == 1
     handle.remove()
     assert hooks.count_hooks(model) == 0
+
+
+def test_patched_forward_keeps_the_error_of_make_forward(model):
+    def broken(original):
+        raise KeyError("make_forward failed")
+
+    with pytest.raises(KeyError, match="make_forward failed"), hooks.patched_forward(model, broken):
+        pass
+    assert "forward" not in model.__dict__

@@ -124,15 +124,15 @@ def patched_forward(
     """Replace ``module.forward`` by ``make_forward(original_forward)`` inside the block."""
     had_own = "forward" in module.__dict__
     previous = module.__dict__.get("forward")
-    original = module.forward
+    new_forward = make_forward(module.forward)  # may raise: nothing is patched yet
     try:
-        module.forward = make_forward(original)  # type: ignore[method-assign]
+        module.forward = new_forward  # type: ignore[method-assign]
         yield module
     finally:
         if had_own:
             module.forward = previous  # type: ignore[method-assign,assignment]
         else:
-            del module.forward
+            module.__dict__.pop("forward", None)
 
 
 class _GuidedReLU(torch.autograd.Function):
