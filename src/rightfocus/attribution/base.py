@@ -94,6 +94,20 @@ class Attribution(ABC):
         return f"{type(self).__name__}({opts})"
 
 
+def broadcast_baseline(baseline: float | Tensor | None, x: Tensor) -> Tensor:
+    """The reference input ``x'`` of IG, DeepLIFT, occlusion and the surrogates: ``None`` means
+    zeros; a number or a tensor is broadcast to ``x`` (a clear error when it cannot be)."""
+    if baseline is None:
+        return torch.zeros_like(x)
+    b = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
+    try:
+        return torch.broadcast_to(b, x.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"baseline of shape {tuple(b.shape)} cannot be broadcast to x {tuple(x.shape)}"
+        ) from None
+
+
 PASS_ELEMENTS = 2**19
 """Default budget of input elements per forward pass for methods that evaluate many copies of
 a batch (IG path points, noise draws): moderate batches keep activations in cache, which is

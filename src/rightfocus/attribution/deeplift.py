@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rightfocus import hooks
-from rightfocus.attribution.base import Attribution, register_method
+from rightfocus.attribution.base import Attribution, broadcast_baseline, register_method
 from rightfocus.attribution.targets import Target, fix_target, select
 
 __all__ = ["ELEMENTWISE", "DeepLift", "DeepShap", "deeplift_rules", "paired_deeplift"]
@@ -368,15 +368,7 @@ class DeepLift(_Reference):
         self.baseline = baseline
 
     def _baseline(self, x: Tensor) -> Tensor:
-        if self.baseline is None:
-            return torch.zeros_like(x)
-        b = torch.as_tensor(self.baseline, dtype=x.dtype, device=x.device)
-        try:
-            return torch.broadcast_to(b, x.shape)
-        except RuntimeError:
-            raise ValueError(
-                f"baseline of shape {tuple(b.shape)} cannot be broadcast to x {tuple(x.shape)}"
-            ) from None
+        return broadcast_baseline(self.baseline, x)
 
     def _attribute(self, model: nn.Module, x: Tensor, target: Target) -> Any:
         attr, gap = paired_deeplift(

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from rightfocus import hooks
 from rightfocus.attribution.base import (
     Attribution,
+    broadcast_baseline,
     input_gradient,
     register_method,
     steps_per_pass,
@@ -148,15 +149,7 @@ class IntegratedGradients(_Gradient):
         self.return_delta = return_delta
 
     def _baseline(self, x: Tensor) -> Tensor:
-        if self.baseline is None:
-            return torch.zeros_like(x)
-        b = torch.as_tensor(self.baseline, dtype=x.dtype, device=x.device)
-        try:
-            return torch.broadcast_to(b, x.shape)
-        except RuntimeError:
-            raise ValueError(
-                f"baseline of shape {tuple(b.shape)} cannot be broadcast to x {tuple(x.shape)}"
-            ) from None
+        return broadcast_baseline(self.baseline, x)
 
     def _attribute(self, model: nn.Module, x: Tensor, target: Target) -> Any:
         base = self._baseline(x)

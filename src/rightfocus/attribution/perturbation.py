@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from rightfocus.attribution.base import Attribution, register_method
+from rightfocus.attribution.base import Attribution, broadcast_baseline, register_method
 from rightfocus.attribution.targets import Target, fix_target, select
 
 __all__ = ["Occlusion", "occlusion_windows"]
@@ -107,13 +107,7 @@ class Occlusion(Attribution):
         return occlusion_windows(x.shape[1:], window, strides)
 
     def _baseline(self, x: Tensor) -> Tensor:
-        b = torch.as_tensor(self.baseline, dtype=x.dtype, device=x.device)
-        try:
-            return torch.broadcast_to(b, x.shape)
-        except RuntimeError:
-            raise ValueError(
-                f"baseline of shape {tuple(b.shape)} cannot be broadcast to x {tuple(x.shape)}"
-            ) from None
+        return broadcast_baseline(self.baseline, x)
 
     def _attribute(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
         windows = self._geometry(x)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rightfocus.attribution.base import Attribution, register_method
+from rightfocus.attribution.base import Attribution, broadcast_baseline, register_method
 from rightfocus.attribution.targets import Target, fix_target, select
 
 __all__ = [
@@ -126,13 +126,7 @@ def fill_baseline(
             )
             return (sums / counts.clamp_min(1)).gather(2, idx).view_as(x)
         raise ValueError(f"baseline must be one of {', '.join(FILLS)}, a number or a tensor")
-    b = torch.as_tensor(fill, dtype=x.dtype, device=x.device)
-    try:
-        return torch.broadcast_to(b, x.shape)
-    except RuntimeError:
-        raise ValueError(
-            f"baseline of shape {tuple(b.shape)} cannot be broadcast to x {tuple(x.shape)}"
-        ) from None
+    return broadcast_baseline(fill, x)
 
 
 def shapley_kernel(M: int, sizes: Tensor) -> Tensor:
