@@ -40,6 +40,11 @@ check: lint types test
 
 bench: setup
 	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python benchmarks/data.py
+	$(BIN)/python benchmarks/bayes.py
+	$(BIN)/python benchmarks/metrics.py
+	$(BIN)/python benchmarks/guidance.py
+	$(BIN)/python benchmarks/engine.py
 	$(BIN)/python benchmarks/attribution.py
 
 clean:

@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _timing import interleaved_medians
 from torch import Tensor, nn
 
 from rightfocus import bayes
@@ -140,15 +139,7 @@ def main() -> None:
         if bayesian
     }
     cases = {name: _step(copy.deepcopy(m), x, y, b) for name, (m, b) in models.items()}
-    times: dict[str, list[float]] = {k: [] for k in cases}
-    for fn in cases.values():  # warm-up
-        fn()
-    for _ in range(args.reps):
-        for name, fn in cases.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = interleaved_medians(cases, args.reps)
     base = med["deterministic LeNet-5"]
     rows = []
     print(f"{'case':<34}{'median ms':>11}{'x determ.':>11}{'grad var':>12}")

@@ -12,13 +12,12 @@ through prediction + CAM + replacement). Prints a table; writes benchmarks/resul
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _timing import interleaved_medians
 
 from rightfocus import METHODS, bayes
 from rightfocus._io import atomic_write_json
@@ -86,15 +85,7 @@ def main() -> None:
         "plain (Bayesian LeNet)": _step(bayes.to_bayesian(LeNet()), [], True),
         "bayes_feedback": _step(bayes.to_bayesian(LeNet()), [BayesFeedback(lam=3e-4)], True),
     }
-    times: dict[str, list[float]] = {k: [] for k in cases}
-    for fn in cases.values():  # warm-up
-        fn()
-    for _ in range(args.reps):
-        for name, fn in cases.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = interleaved_medians(cases, args.reps)
     baseline = {
         "plain (LeNet)": "plain (LeNet)",
         "rrr": "plain (LeNet)",
