@@ -7,6 +7,7 @@ Importing the package registers every built-in method, model, dataset and guidan
 from rightfocus import (
     attribution,
     data,  # noqa: F401  (registers the built-in datasets)
+    guidance,
     models,
 )
 from rightfocus._registry import DATASETS, GUIDANCE, METHODS, MODELS, Registry
@@ -24,5 +25,6 @@ __all__ = [
     "__version__",
     "attribute",
     "attribution",
+    "guidance",
     "models",
 ]

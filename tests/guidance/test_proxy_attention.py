@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rightfocus import attribute
+from rightfocus import GUIDANCE, attribute
+from rightfocus.engine.callbacks import ProxyAttentionCallback
+from rightfocus.guidance.base import GuidedBatch
 from rightfocus.guidance.proxy_attention import (
     ProxyAttention,
     ProxyDataset,
@@ -177,7 +179,13 @@ class _Data(pl.LightningDataModule):
         return torch.utils.data.DataLoader(self.train_dataset, batch_size=4, shuffle=True)
 
 
-def _trainer(tmp_path: Path, cb: ProxyAttention, epochs: int, **kw) -> pl.Trainer:  # type: ignore[no-untyped-def]
+def _callback(**params) -> ProxyAttentionCallback:  # type: ignore[no-untyped-def]
+    (cb,) = ProxyAttention(**params).callbacks()
+    assert isinstance(cb, ProxyAttentionCallback)
+    return cb
+
+
+def _trainer(tmp_path: Path, cb: pl.Callback, epochs: int, **kw) -> pl.Trainer:  # type: ignore[no-untyped-def]
     return pl.Trainer(
         max_epochs=epochs,
         callbacks=[cb],
@@ -194,7 +202,7 @@ def test_callback_runs_on_schedule_and_resumed_run_keeps_proxies(tmp_path: Path)
     torch.manual_seed(0)
     module = _Module()
     items, wrong = _data(module.model)
-    cb = ProxyAttention(
+    cb = _callback(
         schedule=[1, "p", 1],
         method="gradcam",
         subset=1.0,
@@ -203,7 +211,7 @@ def test_callback_runs_on_schedule_and_resumed_run_keeps_proxies(tmp_path: Path)
         figure_dir=tmp_path / "fig",
     )
     data = _Data(items)
-    _trainer(tmp_path, cb, cb.total_epochs).fit(module, datamodule=data)
+    _trainer(tmp_path, cb, cb.guidance.total_epochs).fit(module, datamodule=data)
     assert cb.steps_done == [1] and len(cb.history) == 1
     assert sorted(data.train_dataset.proxy_indices) == wrong
     assert (tmp_path / "fig" / "proxy_epoch001.png").is_file()
@@ -213,7 +221,7 @@ def test_callback_runs_on_schedule_and_resumed_run_keeps_proxies(tmp_path: Path)
 
     # resume into fresh objects: proxies come back, the step is not repeated
     module2, data2 = _Module(), _Data(items)
-    cb2 = ProxyAttention(
+    cb2 = _callback(
         schedule=[1, "p", 1],
         method="gradcam",
         subset=1.0,
@@ -238,7 +246,7 @@ def test_clear_at_end_and_add_policy(tmp_path: Path) -> None:
         def on_train_epoch_end(self, trainer, pl_module):  # type: ignore[no-untyped-def]
             seen_len.append(len(data.train_dataset))
 
-    cb = ProxyAttention(
+    cb = _callback(
         schedule=[1, "p", 1],
         method="gradcam",
         subset=0.5,
@@ -274,7 +282,7 @@ def test_callback_validation(tmp_path: Path) -> None:
     module = _Module()
     items, _ = _data(module.model)
     for method, match in (("nope", "not a registered"), ("saliency", "needs a CAM")):
-        cb = ProxyAttention(schedule=[1, "p"], method=method)
+        cb = _callback(schedule=[1, "p"], method=method)
         with pytest.raises(ValueError, match=match):
             _trainer(tmp_path, cb, 2).fit(module, datamodule=_Data(items))
 
@@ -284,4 +292,27 @@ def test_callback_validation(tmp_path: Path) -> None:
             self.train_dataset = items  # type: ignore[assignment]
 
     with pytest.raises(ValueError, match="ProxyDataset"):
-        _trainer(tmp_path, ProxyAttention(method="gradcam"), 1).fit(module, datamodule=Plain(items))
+        _trainer(tmp_path, _callback(method="gradcam"), 1).fit(module, datamodule=Plain(items))
+
+
+def test_registered_guidance_hooks(tmp_path: Path) -> None:
+    assert GUIDANCE.get("proxy_attention") is ProxyAttention
+    meta = GUIDANCE.metadata("proxy_attention")
+    assert meta["requires_mask"] is False and meta["needs_input_grad"] is False
+    g = ProxyAttention(schedule=[2, "p", 1], method="gradcam", store="add")
+    assert g.reload_dataloaders and not ProxyAttention(store="replace").reload_dataloaders
+    g.check_config({"optim": {"epochs": 4}})
+    with pytest.raises(ValueError, match=r"covers 4 epochs but optim\.epochs is 5"):
+        g.check_config({"optim": {"epochs": 5}})
+    with pytest.raises(ValueError, match="not a registered"):
+        ProxyAttention(method="nope").check_config({})
+    items = [(torch.zeros(1, 2, 2), 0, torch.zeros(1, 2, 2))]
+    wrapped = g.wrap_train_dataset(items)
+    assert isinstance(wrapped, ProxyDataset) and g.wrap_train_dataset(wrapped) is wrapped
+    (cb,) = g.callbacks(tmp_path)
+    assert cb.figure_dir == tmp_path / "figures" / "proxy_attention"
+    x = torch.rand(2, 1, 4, 4)
+    assert (
+        g.loss_terms(nn.Identity(), GuidedBatch(x, torch.zeros(2), torch.zeros(2, 1, 4, 4)), x)
+        == {}
+    )

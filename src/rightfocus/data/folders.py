@@ -23,6 +23,7 @@ from rightfocus.data.transforms import (
     IMAGE_EXTENSIONS,
     IMAGENET_NORMALIZATION,
     MASK_EXTENSIONS,
+    Normalization,
     PairedTransform,
     read_mask,
 )
@@ -37,8 +38,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-Normalization = tuple[tuple[float, ...], tuple[float, ...]]
 
 
 class PairedImageDataset(Dataset[tuple[Tensor, int, Tensor]]):

@@ -7,7 +7,7 @@ nearest neighbour, padded with 0, never normalised).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,16 @@ __all__ = [
     "IMAGENET_NORMALIZATION",
     "IMAGE_EXTENSIONS",
     "MASK_EXTENSIONS",
+    "Normalization",
     "PairedTransform",
     "binarize_mask",
+    "denormalize",
+    "normalize",
     "read_mask",
 ]
+
+#: Per-channel ``(mean, std)`` of an image normalisation ``x = (image01 - mean) / std``.
+Normalization = tuple[Sequence[float], Sequence[float]]
 
 #: ImageNet mean and std (RGB), the normalisation of the paper's AlexNet datasets.
 IMAGENET_NORMALIZATION: tuple[tuple[float, ...], tuple[float, ...]] = (
@@ -33,6 +39,34 @@ IMAGENET_NORMALIZATION: tuple[tuple[float, ...], tuple[float, ...]] = (
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 MASK_EXTENSIONS = (".png", ".npy", ".bmp", ".tif", ".tiff", ".gif", ".jpg", ".jpeg")
 AUGMENTATIONS = (None, "crop_flip")
+
+
+def _stats(normalization: Normalization, like: Tensor) -> tuple[Tensor, Tensor]:
+    if len(normalization) != 2:
+        raise ValueError(f"normalization must be (mean, std), got {normalization!r}")
+    mean, std = (like.new_tensor([float(v) for v in s]).view(1, -1, 1, 1) for s in normalization)
+    if mean.shape[1] not in (1, like.shape[1]) or std.shape[1] not in (1, like.shape[1]):
+        raise ValueError(
+            f"normalization has {mean.shape[1]} means / {std.shape[1]} stds for "
+            f"{like.shape[1]}-channel images; pass one value per channel"
+        )
+    return mean, std
+
+
+def normalize(images01: Tensor, normalization: Normalization | None) -> Tensor:
+    """``(images01 - mean) / std`` per channel for ``(B, C, H, W)`` images (None: unchanged)."""
+    if normalization is None:
+        return images01
+    mean, std = _stats(normalization, images01)
+    return (images01 - mean) / std
+
+
+def denormalize(x: Tensor, normalization: Normalization | None) -> Tensor:
+    """Back to image space: ``x * std + mean`` per channel (None: unchanged); not clamped."""
+    if normalization is None:
+        return x
+    mean, std = _stats(normalization, x)
+    return x * std + mean
 
 
 def binarize_mask(values: np.ndarray, name: str, threshold: float | None = None) -> np.ndarray:

@@ -195,7 +195,7 @@ def _callbacks(config: Config, run_dir: Path, has_val: bool, quiet: bool) -> lis
 
         params = dict(config.proxy_attention)
         params.setdefault("figure_dir", str(run_dir / "figures" / "proxy_attention"))
-        callbacks.append(ProxyAttention(**params))
+        callbacks.extend(ProxyAttention(**params).callbacks(run_dir))
     if config.trainer.progress_bar and not quiet:
         callbacks.append(RichProgressBar(leave=True))
     return callbacks

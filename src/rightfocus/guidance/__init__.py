@@ -1,14 +1,14 @@
 """Explanation-guided training methods (see base.py for the contract).
 
-Importing this package registers ``bayes_feedback``, ``rrr``, ``xgradient_prior`` and
-``counterexamples`` in :data:`rightfocus.GUIDANCE`. Proxy Attention is a Lightning callback in
-:mod:`rightfocus.guidance.proxy_attention` (imported on demand: it pulls in Lightning).
+Importing this package registers ``bayes_feedback``, ``rrr``, ``xgradient_prior``,
+``counterexamples`` and ``proxy_attention`` in :data:`rightfocus.GUIDANCE`.
 """
 
 from rightfocus.guidance.attribution_prior import XGradientPrior, gini
-from rightfocus.guidance.base import Guidance, GuidedBatch, guided_forward
+from rightfocus.guidance.base import Guidance, GuidedBatch, guided_forward, register_guidance
 from rightfocus.guidance.bayes_feedback import BayesFeedback
 from rightfocus.guidance.counterexamples import Counterexamples
+from rightfocus.guidance.proxy_attention import ProxyAttention
 from rightfocus.guidance.rrr import RRR
 
 __all__ = [
@@ -17,7 +17,9 @@ __all__ = [
     "Counterexamples",
     "Guidance",
     "GuidedBatch",
+    "ProxyAttention",
     "XGradientPrior",
     "gini",
     "guided_forward",
+    "register_guidance",
 ]

@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from rightfocus._registry import GUIDANCE
 from rightfocus.guidance._masks import EmptyMaskGuard
-from rightfocus.guidance.base import Guidance, GuidedBatch
+from rightfocus.guidance.base import Guidance, GuidedBatch, register_guidance
 
 __all__ = ["XGradientPrior", "gini", "gini_pairwise", "x_gradient"]
 
@@ -74,7 +73,7 @@ def _check_homogeneous(model: nn.Module, x: Tensor) -> None:
         )
 
 
-@GUIDANCE.register("xgradient_prior", requires_mask=True, requires_bayesian=False)
+@register_guidance("xgradient_prior")
 class XGradientPrior(Guidance):
     """Attribution priors on X-Gradient, trained with one extra backward (``create_graph``).
 
@@ -97,7 +96,6 @@ class XGradientPrior(Guidance):
         empty_masks: policy when the data carries no masks (``"error"``/``"warn"``/``"ignore"``).
     """
 
-    name = "xgradient_prior"
     requires_mask = True
     needs_input_grad = True
 

@@ -10,19 +10,35 @@ A training step with guidance ``g_1 .. g_n`` (see :func:`guided_forward`):
 
 The caller adds the data terms (``nll``, and ``kl`` for Bayesian models) and sums everything.
 Methods are small and composable: RRR on a Bayesian model is ``[BayesFeedback(), RRR()]``.
+
+Methods that act between epochs instead of inside a step (Proxy Attention) use the optional
+training-run hooks, which the engine calls for every configured method without knowing any by
+name: :meth:`Guidance.check_config` (validate the whole experiment config),
+:meth:`Guidance.wrap_train_dataset` (wrap the training set once),
+:meth:`Guidance.callbacks` (Lightning callbacks to add to the trainer) and
+:attr:`Guidance.reload_dataloaders` (the training set changes size between epochs).
+A method is registered with :func:`register_guidance`; its registry metadata are read from
+the class attributes, so they are stated once.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
 
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
-__all__ = ["Guidance", "GuidedBatch", "guided_forward"]
+from rightfocus._registry import GUIDANCE
+
+__all__ = ["CAPABILITIES", "Guidance", "GuidedBatch", "guided_forward", "register_guidance"]
+
+#: Capability class attributes copied into the registry metadata.
+CAPABILITIES = ("requires_mask", "requires_bayesian", "needs_input_grad")
 
 
 @dataclass(frozen=True)
@@ -62,7 +78,8 @@ class GuidedBatch:
 class Guidance(ABC):
     """One explanation-guided training method.
 
-    Capabilities: ``requires_mask`` (needs masks), ``requires_bayesian`` (needs LRT layers),
+    Capabilities (class attributes, copied into the registry by :func:`register_guidance`):
+    ``requires_mask`` (needs masks), ``requires_bayesian`` (needs LRT layers),
     ``needs_input_grad`` (the forward input must require grad, e.g. RRR).
     """
 
@@ -73,6 +90,27 @@ class Guidance(ABC):
 
     def check(self, model: nn.Module) -> None:  # noqa: B027 - optional hook
         """Validate the model once before training; raise ``ValueError`` saying what to do."""
+
+    def check_config(self, config: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Validate the whole experiment config (its plain mapping form, e.g. ``optim.epochs``)
+        before anything runs; raise ``ValueError`` naming the setting to change."""
+
+    def wrap_train_dataset(self, dataset: Dataset[Any]) -> Dataset[Any]:
+        """The training set this method trains on, made once from ``dataset`` (default: as is)."""
+        return dataset
+
+    def callbacks(self, run_dir: Path | None = None) -> list[Any]:
+        """Lightning callbacks this method adds to the trainer (default: none).
+
+        ``run_dir`` is the run folder (None outside a run), e.g. for figures.
+        """
+        return []
+
+    @property
+    def reload_dataloaders(self) -> bool:
+        """True when the training set changes size between epochs, so the trainer must rebuild
+        its dataloaders every epoch (default: False)."""
+        return False
 
     def transform(self, batch: GuidedBatch) -> GuidedBatch:
         """Data-level change of the batch before the forward pass (default: none)."""
@@ -86,6 +124,28 @@ class Guidance(ABC):
     @abstractmethod
     def loss_terms(self, model: nn.Module, batch: GuidedBatch, logits: Tensor) -> dict[str, Tensor]:
         """Named scalar loss terms for this batch, already weighted by the method's lambda."""
+
+
+G = TypeVar("G", bound=type[Guidance])
+
+
+def register_guidance(name: str) -> Callable[[G], G]:
+    """Class decorator: register a :class:`Guidance` subclass under ``name``.
+
+    Sets ``cls.name`` and records the first docstring line as ``summary`` and every capability
+    of :data:`CAPABILITIES` from the class attributes.
+    """
+
+    def decorator(cls: G) -> G:
+        if not (isinstance(cls, type) and issubclass(cls, Guidance)):
+            raise TypeError(f"register_guidance needs a Guidance subclass, got {cls!r}")
+        cls.name = name
+        doc = (cls.__doc__ or "").strip().splitlines()
+        meta = {cap: bool(getattr(cls, cap)) for cap in CAPABILITIES}
+        GUIDANCE.register(name, summary=doc[0] if doc else "", **meta)(cls)
+        return cls
+
+    return decorator
 
 
 def guided_forward(

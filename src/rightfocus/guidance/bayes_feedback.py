@@ -12,9 +12,8 @@ from torch import Tensor, nn
 
 from rightfocus import hooks
 from rightfocus._modules import is_conv, resolve_layer
-from rightfocus._registry import GUIDANCE
 from rightfocus.guidance._masks import EmptyMaskGuard, check_pool, resize_mask
-from rightfocus.guidance.base import Guidance, GuidedBatch
+from rightfocus.guidance.base import Guidance, GuidedBatch, register_guidance
 
 __all__ = ["BayesFeedback", "is_lrt_layer", "neg_log_normal_at_zero"]
 
@@ -59,7 +58,7 @@ def _check_target_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.M
     return module
 
 
-@GUIDANCE.register("bayes_feedback", requires_mask=True, requires_bayesian=True)
+@register_guidance("bayes_feedback")
 class BayesFeedback(Guidance):
     """Explanation feedback on the LRT moments of a Bayesian conv layer.
 
@@ -88,7 +87,6 @@ class BayesFeedback(Guidance):
         empty_masks: policy when the data carries no masks (``"error"``/``"warn"``/``"ignore"``).
     """
 
-    name = "bayes_feedback"
     requires_mask = True
     requires_bayesian = True
 

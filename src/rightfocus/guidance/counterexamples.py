@@ -7,9 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from rightfocus._registry import GUIDANCE
 from rightfocus.guidance._masks import EmptyMaskGuard
-from rightfocus.guidance.base import Guidance, GuidedBatch
+from rightfocus.guidance.base import Guidance, GuidedBatch, register_guidance
 
 __all__ = ["Counterexamples", "replace_with_noise"]
 
@@ -33,7 +32,7 @@ def replace_with_noise(
     return torch.where(mask.to(torch.bool).expand_as(x), noise, x)
 
 
-@GUIDANCE.register("counterexamples", requires_mask=True, requires_bayesian=False)
+@register_guidance("counterexamples")
 class Counterexamples(Guidance):
     """Data augmentation with counterexamples: fresh noise where the mask says "do not use".
 
@@ -54,7 +53,6 @@ class Counterexamples(Guidance):
         empty_masks: policy when the data carries no masks (``"error"``/``"warn"``/``"ignore"``).
     """
 
-    name = "counterexamples"
     requires_mask = True
 
     def __init__(

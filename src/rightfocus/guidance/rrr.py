@@ -6,9 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rightfocus._registry import GUIDANCE
 from rightfocus.guidance._masks import EmptyMaskGuard
-from rightfocus.guidance.base import Guidance, GuidedBatch
+from rightfocus.guidance.base import Guidance, GuidedBatch, register_guidance
 
 __all__ = ["LOG_PROB_MODES", "RRR", "explanation_score", "rrr_penalty"]
 
@@ -45,7 +44,7 @@ def rrr_penalty(input_grad: Tensor, mask: Tensor) -> Tensor:
     return (mask * input_grad).pow(2).sum()
 
 
-@GUIDANCE.register("rrr", requires_mask=True, requires_bayesian=False)
+@register_guidance("rrr")
 class RRR(Guidance):
     """Right for the Right Reasons: penalise input gradients inside the mask.
 
@@ -69,7 +68,6 @@ class RRR(Guidance):
             (see :class:`~rightfocus.guidance._masks.EmptyMaskGuard`).
     """
 
-    name = "rrr"
     requires_mask = True
     needs_input_grad = True
 
