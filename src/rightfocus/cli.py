@@ -2,23 +2,115 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
 
 import rightfocus
 from rightfocus._registry import DATASETS, GUIDANCE, METHODS, MODELS
+from rightfocus.errors import UserError, one_line, user_message
+
+DEBUG_ENV = "RIGHTFOCUS_DEBUG"
+_RESUMABLE = ("train", "sweep", "reproduce")
+_state = {"debug": False}
+
+
+def _debug_enabled() -> bool:
+    if _state["debug"]:
+        return True
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _print_error(message: str, hint: str | None = None) -> None:
+    """``error: <message>`` as exactly one line on stderr (no markup: ``[...]`` stays)."""
+    line = one_line(message)
+    if hint and hint not in line:
+        line = f"{line} ({hint})"
+    sys.stderr.write(f"error: {line}\n")
+    sys.stderr.flush()
+
+
+class _Group(TyperGroup):
+    """The command group with the one top-level error handler of every command.
+
+    A user error (see :func:`rightfocus.errors.user_message`) and a usage error print one
+    ``error: ...`` line on stderr and exit with code 2; ``--debug`` (or ``RIGHTFOCUS_DEBUG=1``)
+    re-raises it with its traceback. Anything else is a bug and keeps its traceback.
+    """
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.TyperException, typer.Abort):
+            raise
+        except KeyboardInterrupt:
+            if _debug_enabled():
+                raise
+            command = ctx.invoked_subcommand or ""
+            again = " run the same command again to resume" if command in _RESUMABLE else ""
+            _print_error(f"interrupted;{again or ' nothing was lost'}")
+            raise typer.Exit(130) from None
+        except Exception as err:
+            message = user_message(err)
+            if message is None or _debug_enabled():
+                raise
+            _print_error(message)
+            raise typer.Exit(2) from None
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.Abort:
+            _print_error("aborted")
+            sys.exit(1)
+        except typer.TyperException as err:  # usage errors: bad option, missing argument, ...
+            if type(err).__name__ == "NoArgsIsHelpError":
+                err.show()  # type: ignore[attr-defined]  (prints the help)
+                sys.exit(2)
+            ctx = getattr(err, "ctx", None)
+            hint = f"see `{ctx.command_path} --help`" if ctx is not None else None
+            _print_error(err.format_message(), hint)
+            sys.exit(getattr(err, "exit_code", 2))
+        sys.exit(rv if isinstance(rv, int) else 0)
+
 
 app = typer.Typer(
     name="rightfocus",
     help="Explain, measure and correct what image classifiers look at.",
     no_args_is_help=True,
     add_completion=False,
+    cls=_Group,
+    pretty_exceptions_enable=False,
 )
-console = Console(width=None if sys.stdout.isatty() else 140)
+# markup off: user values such as paths or config keys may contain [...]
+console = Console(width=None if sys.stdout.isatty() else 140, markup=False, highlight=False)
+
+
+@app.callback()
+def _main_options(
+    debug: bool = typer.Option(
+        False, "--debug", help=f"Show the full traceback of an error (or set {DEBUG_ENV}=1)."
+    ),
+) -> None:
+    """Explain, measure and correct what image classifiers look at."""
+    _state["debug"] = debug
+
 
 _CAPS = ("differentiable", "needs_layer", "model_agnostic", "stochastic")
 
@@ -61,7 +153,7 @@ def list_cmd(
 @app.command("demo")
 def demo_cmd(
     out: str = typer.Option("demo_out", help="Folder for the figure."),
-    steps: int = typer.Option(400, help="Training steps (batch 64)."),
+    steps: int = typer.Option(400, min=1, help="Training steps (batch 64)."),
     seed: int = typer.Option(0, help="Random seed."),
 ) -> None:
     """Train a LeNet on 4,000 real MNIST digits (offline) and save an attribution grid.
@@ -69,7 +161,9 @@ def demo_cmd(
     Example: rightfocus demo --out demo_out
     """
     from rightfocus.demo import run_demo
+    from rightfocus.engine.validate import check_writable
 
+    check_writable(out, "--out")
     result = run_demo(out_dir=out, steps=steps, seed=seed)
     console.print(
         f"LeNet trained for {steps} steps in {result.train_seconds:.1f} s; "
@@ -79,9 +173,16 @@ def demo_cmd(
 
 
 def _fail(err: Exception) -> typer.Exit:
-    """Print a user error (bad config, conflicting run folder, corrupt checkpoint) and exit 2."""
-    console.print(f"[bold red]Error:[/] {err}", markup=True, highlight=False)
+    """Print a user error as one ``error: ...`` line on stderr; ``raise _fail(err)`` exits 2."""
+    _print_error(user_message(err) or str(err))
     return typer.Exit(code=2)
+
+
+def _check_split(split: str) -> None:
+    if split not in ("test", "val"):
+        raise UserError(
+            f"--split {split!r} is not a split of a run", hint="use --split test or --split val"
+        )
 
 
 def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
@@ -89,7 +190,8 @@ def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
-        table.add_row(key, f"{value:.4f}")
+        shown = "undefined" if value is None or value != value else f"{value:.4f}"
+        table.add_row(key, shown)
     return table
 
 
@@ -113,15 +215,11 @@ def train_cmd(
 
     Example: rightfocus train configs/decoy_mnist_color_lenet.yaml --set optim.lr=1e-3 --set run=lr3
     """
-    from rightfocus.engine.checkpoint import CheckpointError
-    from rightfocus.engine.config import ConfigError, load_config
-    from rightfocus.engine.run import RunConflictError, run_experiment
+    from rightfocus.engine.config import load_config
+    from rightfocus.engine.run import run_experiment
 
-    try:
-        cfg = load_config(config, set_ or [])
-        metrics = run_experiment(cfg, quiet=quiet)
-    except (ConfigError, RunConflictError, CheckpointError, FileNotFoundError) as err:
-        raise _fail(err) from None
+    cfg = load_config(config, set_ or [])
+    metrics = run_experiment(cfg, quiet=quiet)
     if metrics:
         console.print(_metrics_table(f"Test metrics ({cfg.run_dir})", metrics))
 
@@ -135,14 +233,10 @@ def evaluate_cmd(
 
     Example: rightfocus evaluate runs/decoy_mnist_color/lenet --split test
     """
-    from rightfocus.engine.checkpoint import CheckpointError
-    from rightfocus.engine.config import ConfigError
     from rightfocus.engine.run import evaluate_run
 
-    try:
-        metrics = evaluate_run(run, split=split)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as err:
-        raise _fail(err) from None
+    _check_split(split)
+    metrics = evaluate_run(run, split=split)
     console.print(_metrics_table(f"{split} metrics ({run})", metrics))
 
 
@@ -155,7 +249,7 @@ def explain_cmd(
             "--method", help="Attribution method, default gradcam (repeat for more columns)."
         ),
     ] = None,
-    n: int = typer.Option(16, "--n", help="Number of images (rows)."),
+    n: int = typer.Option(16, "--n", min=1, help="Number of images (rows)."),
     split: str = typer.Option("test", help="test or val."),
     out: str = typer.Option(None, help="PNG path (default <run>/figures/explain_<methods>.png)."),
 ) -> None:
@@ -163,14 +257,14 @@ def explain_cmd(
 
     Example: rightfocus explain runs/decoy_mnist_color/lenet --method gradcam --method saliency
     """
-    from rightfocus.engine.checkpoint import CheckpointError
-    from rightfocus.engine.config import ConfigError
     from rightfocus.engine.run import explain_run
+    from rightfocus.engine.validate import check_methods, check_writable
 
-    try:
-        path = explain_run(run, methods=method or ["gradcam"], n=n, split=split, out=out)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as err:
-        raise _fail(err) from None
+    _check_split(split)
+    check_methods(method or ["gradcam"], "--method")
+    if out:
+        check_writable(out, "--out")
+    path = explain_run(run, methods=method or ["gradcam"], n=n, split=split, out=out)
     console.print(f"Attribution grid written to {path}")
 
 
@@ -195,10 +289,7 @@ def sweep_cmd(
 
     from rightfocus.engine.sweep import load_sweep, run_sweep
 
-    try:
-        spec = load_sweep(sweep_file)
-    except (ValueError, FileNotFoundError) as err:
-        raise _fail(err) from None
+    spec = load_sweep(sweep_file)
     if storage:
         spec.storage = storage
     folder = Path(out) if out else Path("sweeps") / Path(sweep_file).stem
@@ -226,8 +317,8 @@ def report_cmd(
 
     try:
         paths = write_report(runs_dir, out, tables={"Results": metrics.split(",")}, row=by)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        raise _fail(err) from None
+    except KeyError as err:
+        raise UserError(f"unknown column {err}", hint="check --by and --metrics") from err
     console.print(f"Report: {paths['html']} and {paths['markdown']}")
 
 
@@ -257,8 +348,10 @@ def reproduce_cmd(
         result = reproduce(
             experiment, folder, quick=quick, root=root, overrides=set_ or [], log=console.print
         )
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        raise _fail(err) from None
+    except RuntimeError as err:  # datasets that must be downloaded say what is missing
+        if user_message(err) is not None:
+            raise
+        raise UserError(str(err)) from err
     for name, table in result.tables.items():
         console.print(_paper_table(name, table))
     console.print(
@@ -279,7 +372,10 @@ def _paper_table(title: str, table: Any) -> Table:
     for col in table.columns:
         out.add_column(str(col))
     for (row, metric), values in table.iterrows():
-        cells = [f"[bold]{v[2:-2]}[/bold]" if str(v).startswith("**") else str(v) for v in values]
+        cells = [
+            Text(str(v)[2:-2], style="bold") if str(v).startswith("**") else Text(str(v))
+            for v in values
+        ]
         out.add_row(str(row), str(metric), *cells)
     return out
 
