@@ -277,11 +277,13 @@ def sweep_cmd(
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the trials and exit."),
 ) -> None:
-    """Grid / random / TPE search over config fields x folds; resumes after a crash.
+    """Grid / random / TPE search over configurations, each on every fold; resumes after a crash.
 
-    Every trial trains in its own process. Run the same command again after a crash:
-    finished trials are kept, interrupted ones are retried. For many workers on many
-    machines, start the command on each with the same --storage database URL.
+    A configuration's score is its mean validation metric over folds (the test split is never
+    used to choose); the test metrics of the chosen configuration are printed and saved in
+    <folder>/best.json. Every run trains in its own process. Run the same command again after
+    a crash: finished trials are kept, interrupted and failed ones are retried. For many
+    workers on many machines, start the command on each with the same --storage database URL.
 
     Example: rightfocus sweep configs/sweeps/decoy_lambda.yaml --dry-run
     """
@@ -293,9 +295,24 @@ def sweep_cmd(
     if storage:
         spec.storage = storage
     folder = Path(out) if out else Path("sweeps") / Path(sweep_file).stem
-    done = run_sweep(spec, folder, dry_run=dry_run, log=console.print)
-    if not dry_run:
-        console.print(f"{len(done)} finished trials in {folder}; `rightfocus report {folder}/runs`")
+
+    def say(line: str) -> None:
+        console.print(line, markup=False, highlight=False)
+
+    result = run_sweep(spec, folder, dry_run=dry_run, log=say)
+    if dry_run or result.best is None:
+        return
+    best = result.best
+    failed = f", {len(result.failed)} failed (rerun to retry)" if result.failed else ""
+    say(f"{len(result.trials)} configurations finished{failed} in {folder}")
+    say(f"Chosen on {best['objective']}: {best['params']} = {best['value']:.4f}")
+    shown = [
+        f"{k} {v['mean']:.4f} ± {v['std']:.4f}" if v["mean"] is not None else f"{k} undefined"
+        for k, v in best["test"].items()
+    ]
+    if shown:
+        say(f"Test metrics of the chosen configuration (mean ± std over folds): {', '.join(shown)}")
+    say(f"Saved in {folder}/best.json; every run: `rightfocus report {folder}/runs`")
 
 
 @app.command("report")
