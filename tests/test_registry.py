@@ -57,12 +57,24 @@ def test_method_registry_holds_attribution_classes_with_capabilities():
         "guided_backprop",
         "deconvnet",
         "gradcam",
+        "gradcam_plus_plus",
+        "layercam",
+        "xgradcam",
+        "scorecam",
+        "guided_gradcam",
+        "cam",
         "smoothgrad",
         "smoothgrad_sq",
         "vargrad",
         "occlusion",
+        "lrp",
+        "deeplift",
+        "deepshap",
+        "kernel_shap",
+        "lime",
+        "rise",
     }
-    assert expected <= set(METHODS.names())
+    assert set(METHODS.names()) == expected
     for name, cls in METHODS.items():
         assert issubclass(cls, Attribution), name
         assert cls.name == name
