@@ -56,7 +56,7 @@ class Attribution(ABC):
     Capabilities (class attributes) drive the CLI listing and the contract tests:
     ``differentiable`` (``create_graph=True`` gives parameter gradients), ``needs_layer``
     (works on a target layer), ``model_agnostic`` (only forward passes), ``stochastic``
-    (takes a ``seed``), ``reduces_channels`` (may return one channel).
+    (takes a ``seed``) and ``output`` (``"input"``: input-shaped maps, ``"map"``: one channel).
     """
 
     name: ClassVar[str] = ""

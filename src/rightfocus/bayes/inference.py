@@ -1,6 +1,6 @@
 """ELBO terms, Monte-Carlo prediction and uncertainty measures for Bayesian CNNs.
 
-ELBO for a minibatch as in "Explanation feedback for Bayesian CNNs" (REFERENCE.md §1):
+ELBO for a minibatch as in "Regularizing Explanations in Bayesian Convolutional Neural Networks":
 ``loss = CE(mean_s logits_s, y; reduction='sum') + KL(q || p) / num_batches``.
 
 Uncertainty (in nats) from S Monte-Carlo samples ``p_s = softmax(logits_s)`` (Depeweg et al.

@@ -9,7 +9,7 @@ Gaussian marginal
     mean = conv(x, mu_w, mu_b),   var = conv(x^2, sigma_w^2, sigma_b^2),
     out  = mean + sqrt(var + 1e-8) * eps,   eps ~ N(0, 1) per output element.
 
-This is the layer of "Explanation feedback for Bayesian CNNs" (shared/papers/000, REFERENCE.md §1).
+This is the layer of "Regularizing Explanations in Bayesian Convolutional Neural Networks".
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ class BayesConv2d(_BayesMixin):
 
     ``mean = conv2d(x, mu_w, mu_b)``, ``var = conv2d(x^2, sigma_w^2, sigma_b^2)`` with
     ``sigma = softplus(rho) + 1e-8``; ``forward`` returns ``mean + sqrt(var + 1e-8) * eps`` when
-    sampling (Kingma et al. 2015; "Explanation feedback for Bayesian CNNs", REFERENCE.md §1).
+    sampling (Kingma et al. 2015, "Variational Dropout and the Local Reparameterization Trick").
     KL against the prior ``N(0, prior_sigma^2)`` is closed form (``kl()``).
 
     Args:
@@ -244,7 +244,7 @@ class BayesLinear(_BayesMixin):
     """Fully connected layer with a mean-field Gaussian posterior and the LRT.
 
     ``mean = x mu_w^T + mu_b``, ``var = x^2 (sigma_w^2)^T + sigma_b^2``; ``forward`` returns
-    ``mean + sqrt(var + 1e-8) * eps`` when sampling (Kingma et al. 2015; REFERENCE.md §1).
+    ``mean + sqrt(var + 1e-8) * eps`` when sampling (Kingma et al. 2015).
 
     Args:
         in_features, out_features, bias: as in ``nn.Linear``.

@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 DECOY_METHODS = ("none", "bayes_feedback", "counterexamples", "rrr")
-FEEDBACK_LAMBDA = {"color": 5e-5, "position": 3e-4}  # REFERENCE.md §1
+FEEDBACK_LAMBDA = {"color": 5e-5, "position": 3e-4}  # the Bayesian-feedback paper's values
 RRR_LAMBDA = 1.0
 KL_WEIGHT = 4000 / 60000  # the KL-to-data balance of full MNIST on the 4,000 bundled digits
 

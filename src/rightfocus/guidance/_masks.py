@@ -1,7 +1,7 @@
 """Mask helpers shared by the guidance methods: resizing to a layer, the empty-mask guard.
 
 A mask is ``(B, 1, H, W)`` with 1 where the model must not look. Resizing to a layer's
-``(h, w)`` follows the Bayesian-feedback paper (REFERENCE.md §1):
+``(h, w)`` follows "Regularizing Explanations in Bayesian Convolutional Neural Networks":
 
 * ``pool="max"`` (Decoy MNIST, ISIC): ``adaptive_max_pool2d(mask, (h, w))`` - a cell is masked
   if any pixel it covers is masked;

@@ -1,6 +1,6 @@
 """X-DNNs: bias-free, positively homogeneous networks (Hesse, Schaub-Meyer & Roth 2021).
 
-"Fast Axiomatic Attribution for Neural Networks" (shared/papers/001, REFERENCE.md §3): a network
+"Fast Axiomatic Attribution for Neural Networks" (NeurIPS 2021): a network
 ``f`` without additive biases built from linear maps, ReLU-like activations and max/average
 pooling is positively homogeneous of degree 1, ``f(a x) = a f(x)`` for ``a > 0``. For such a
 network Integrated Gradients with the zero baseline reduces to ``x * df/dx`` (X-Gradient),

@@ -59,7 +59,7 @@ def build_model(name: str, **kwargs: object) -> nn.Module:
     return MODELS.get(name)(**kwargs)  # type: ignore[no-any-return]
 
 
-# --- ImageNet architectures and X-DNNs (issue 3) -------------------------------------------------
+# --- ImageNet architectures and X-DNNs -----------------------------------------------------------
 
 
 def _read_state(path: str | Path) -> dict[str, torch.Tensor]:
