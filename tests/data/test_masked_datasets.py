@@ -237,7 +237,7 @@ def test_folder_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no class folders"):
         DATASETS.get("image_folder")(root=str(tmp_path / "empty"))
     (tmp_path / "empty" / "cls").mkdir()
-    with pytest.raises(ValueError, match="no image files"):
+    with pytest.raises(ValueError, match=r"class folder .*cls holds no images"):
         DATASETS.get("image_folder")(root=str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="missing class folder"):
         DATASETS.get("image_folder")(root=str(tmp_path / "empty"), classes=["cls", "dog"])
@@ -251,7 +251,7 @@ def test_bad_masks(tmp_path: Path) -> None:
     _rgb(tmp_path / "images" / "c" / "a.png")
     _png_mask(tmp_path / "masks" / "c" / "a.png", _box(10, 12))  # wrong size
     ds = DATASETS.get("masked_folder")(root=str(tmp_path), **RAW)
-    with pytest.raises(ValueError, match="differs from image size"):
+    with pytest.raises(ValueError, match=r"mask .*c/a\.png is 12x10 pixels but its image"):
         ds[0]
     soft = _box().astype(np.float64) * 0.8 + 0.1  # values 0.1 / 0.9
     np.save(tmp_path / "masks" / "c" / "a.npy", soft)

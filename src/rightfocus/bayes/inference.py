@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from rightfocus import hooks
 from rightfocus.bayes.convert import kl
+from rightfocus.errors import UserError
 
 __all__ = [
     "MCPrediction",
@@ -100,11 +101,21 @@ def mc_predict(model: nn.Module, x: Tensor, samples: int = 10, sample: bool = Tr
     its Bayesian layers' sampling switch set to ``sample`` (restored after). With
     ``sample=False`` the mean network is evaluated once and its logits repeated S times, so the
     result is deterministic and has the same shape.
+
+    Raises:
+        UserError: ``x`` holds NaN or Inf. ValueError: the model returns non-finite logits.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, not {type(model).__name__}")
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a tensor, not {type(x).__name__}")
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).flatten(1).any(1).sum()) if x.dim() > 1 else 1
+        raise UserError(
+            f"x contains NaN or Inf values ({bad} of {len(x) if x.dim() else 1} samples); the "
+            "predictions would be NaN",
+            hint="clean or drop those inputs first",
+        )
     _check_int(samples, "samples")
     with torch.no_grad(), hooks.eval_mode(model), hooks.sampling(model, bool(sample)):
         if sample:
@@ -113,6 +124,11 @@ def mc_predict(model: nn.Module, x: Tensor, samples: int = 10, sample: bool = Tr
             logits = model(x).unsqueeze(0).expand(samples, -1, -1)
     if logits.dim() != 3:
         raise ValueError(f"model must return (B, K) logits, got {tuple(logits.shape[1:])}")
+    if not bool(torch.isfinite(logits).all()):
+        raise ValueError(
+            "the model returned NaN or Inf logits for finite inputs: its weights or posterior "
+            "variances (rho) overflow; check the model (e.g. a huge rho) before predicting"
+        )
     return MCPrediction(probs=logits.softmax(dim=-1).mean(dim=0), logits=logits)
 
 

@@ -20,22 +20,39 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SIGMA_EPS", "VAR_EPS", "BayesConv2d", "BayesLinear", "check_prior", "check_rho"]
+__all__ = [
+    "MAX_RHO_INIT",
+    "SIGMA_EPS",
+    "VAR_EPS",
+    "BayesConv2d",
+    "BayesLinear",
+    "check_prior",
+    "check_rho",
+]
 
 SIGMA_EPS = 1e-8
 """Added to ``softplus(rho)`` so that sigma is strictly positive."""
 VAR_EPS = 1e-8
 """Added to the LRT activation variance before the square root."""
+MAX_RHO_INIT = 10.0
+"""Largest accepted ``rho_init``: sigma = softplus(10) ~ 10, 100x the paper's prior sigma. Far
+larger values (e.g. 1e6) make the LRT variances of deeper layers overflow to Inf/NaN."""
 
 
 def check_rho(rho_init: float) -> float:
-    """Validate ``rho_init`` (a finite number) and return it as a float."""
+    """Validate ``rho_init`` (finite, at most :data:`MAX_RHO_INIT`) and return it as a float."""
     if isinstance(rho_init, bool) or not isinstance(rho_init, (int, float)):
         raise TypeError(f"rho_init must be a real number, not {type(rho_init).__name__}")
     if not math.isfinite(rho_init):
         raise ValueError(
             f"rho_init must be finite (got {rho_init}); sigma = softplus(rho_init) + 1e-8, "
             "e.g. rho_init=-3.0 gives sigma ~0.049, -2.0 gives ~0.127."
+        )
+    if rho_init > MAX_RHO_INIT:
+        raise ValueError(
+            f"rho_init={rho_init:g} gives a posterior sigma = softplus(rho_init) ~ {rho_init:.3g}, "
+            f"whose LRT variances overflow to Inf/NaN; use rho_init <= {MAX_RHO_INIT:g} "
+            "(-3.0 gives sigma ~0.049, -2.0 gives ~0.127)."
         )
     return float(rho_init)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -27,6 +27,7 @@ from rightfocus.data.transforms import (
     PairedTransform,
     read_mask,
 )
+from rightfocus.errors import UserError
 
 __all__ = [
     "ImageFolderDataset",
@@ -80,17 +81,54 @@ class PairedImageDataset(Dataset[tuple[Tensor, int, Tensor]]):
         image, label, mask = self._load(index)
         if mask is None:
             mask = np.zeros((image.height, image.width), dtype=np.uint8)
+        elif tuple(mask.shape[-2:]) != (image.height, image.width):
+            raise UserError(
+                f"mask {self._mask_name(index)} is {mask.shape[-1]}x{mask.shape[-2]} pixels but "
+                f"its image {self._image_name(index)} is {image.width}x{image.height}",
+                hint="masks must have their image's width and height",
+            )
         x, m = self.transform(image, mask)
         return x, int(label), m
 
+    def _image_name(self, index: int) -> str:
+        files = getattr(self, "files", None)
+        return str(files[index]) if files is not None else f"#{index}"
+
+    def _mask_name(self, index: int) -> str:
+        masks = getattr(self, "mask_files", None)
+        return str(masks[index]) if masks is not None else f"of sample #{index}"
+
     def _read_mask(self, path: Path) -> np.ndarray:
-        return read_mask(path, self.mask_threshold)
+        """Read a mask file; a corrupt or truncated file is an error naming it."""
+        try:
+            return read_mask(path, self.mask_threshold)
+        except (UnidentifiedImageError, OSError, SyntaxError, EOFError, ValueError) as err:
+            if isinstance(err, FileNotFoundError | PermissionError):
+                raise
+            if isinstance(err, ValueError) and str(path) in str(err):
+                raise  # already names the file (e.g. non-binary values)
+            raise UserError(
+                f"mask file {path} cannot be read: it is corrupt or truncated ({err})",
+                hint="replace or delete it",
+            ) from None
 
 
 def open_rgb(path: str | Path) -> Image.Image:
-    """Open an image file as RGB (loaded, file closed)."""
-    with Image.open(path) as im:
-        return im.convert("RGB")
+    """Open an image file as RGB (loaded, file closed).
+
+    Raises:
+        UserError: the file is not a readable image (corrupt or truncated), naming it.
+    """
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        if isinstance(err, FileNotFoundError | PermissionError):
+            raise
+        raise UserError(
+            f"image file {path} cannot be read: it is corrupt or truncated ({err})",
+            hint="replace or delete it",
+        ) from None
 
 
 def list_images(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
@@ -147,10 +185,17 @@ def split_folder(root: str | Path | None, split: str) -> Path:
 
 
 def _scan_classes(base: Path, classes: Sequence[str]) -> tuple[list[Path], list[int]]:
+    """Image files and labels of every class folder; an empty class folder is an error (it
+    would become a class the model can never see)."""
     files: list[Path] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
         found = list_images(base / name)
+        if not found:
+            raise UserError(
+                f"class folder {base / name} holds no images ({', '.join(IMAGE_EXTENSIONS)})",
+                hint="add images or remove the folder",
+            )
         files += found
         labels += [label] * len(found)
     if not files:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rightfocus.errors import UserError
 from rightfocus.metrics._checks import check_labels, check_probs
 
 __all__ = [
@@ -159,14 +160,29 @@ class TemperatureFit:
         return (logits / self.temperature).softmax(dim=-1)
 
 
+def _refuse_probabilities(logits: Tensor) -> None:
+    z = logits.detach().double()
+    in_unit = bool(((z >= 0) & (z <= 1)).all())
+    if in_unit and torch.allclose(z.sum(dim=1), torch.ones_like(z[:, 0]), atol=1e-4):
+        raise UserError(
+            "fit_temperature got probabilities (rows in [0, 1] summing to 1), not logits",
+            hint="pass the model's pre-softmax outputs; from probabilities p use p.log()",
+        )
+
+
 def fit_temperature(
     logits: Tensor, y: Tensor, n_bins: int = 15, max_iter: int = 100
 ) -> TemperatureFit:
-    """Temperature scaling (Guo et al. 2017): ``T = argmin NLL(softmax(z / T), y)`` by LBFGS."""
+    """Temperature scaling (Guo et al. 2017): ``T = argmin NLL(softmax(z / T), y)`` by LBFGS.
+
+    ``logits`` are the pre-softmax outputs. Probabilities (every entry in [0, 1], every row
+    summing to 1) are refused: scaling them as logits fits a meaningless, huge ``T``.
+    """
     if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] == 0:
         raise ValueError("logits must be a non-empty (N, K) tensor of validation logits")
     if not bool(torch.isfinite(logits).all()):
         raise ValueError("logits contain NaN or Inf values")
+    _refuse_probabilities(logits)
     y = check_labels(y, logits.shape[0], logits.shape[1]).long().to(logits.device)
     z = logits.detach().double()
     log_t = torch.zeros((), dtype=torch.float64, device=z.device, requires_grad=True)

@@ -1,11 +1,18 @@
 """Classification metrics through torchmetrics' functional API (not hand-rolled).
 
-Conventions of the Bayesian explanation-feedback paper (REFERENCE.md §1): balanced accuracy;
-F1 binary (positive class 1) for two classes, else macro; ROC-AUC on the class-1 probability
-for two classes, else one-vs-rest macro on the softmax probabilities.
+Conventions of the Bayesian explanation-feedback paper ("Regularizing Explanations in
+Bayesian Convolutional Neural Networks"): balanced accuracy; F1 binary (positive class 1)
+for two classes, else macro; ROC-AUC on the class-1 probability for two classes, else
+one-vs-rest macro on the softmax probabilities.
+
+ROC-AUC is undefined when a class has no sample in ``y`` (no positives for its one-vs-rest
+curve): :func:`roc_auc` then returns NaN and warns with :class:`UndefinedMetricWarning`; the
+engine writes such a value as ``null`` in ``metrics.json``.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torchmetrics.functional.classification as tmf
@@ -14,6 +21,7 @@ from torch import Tensor
 from rightfocus.metrics._checks import check_labels, check_probs
 
 __all__ = [
+    "UndefinedMetricWarning",
     "accuracy",
     "balanced_accuracy",
     "classification_report",
@@ -21,6 +29,22 @@ __all__ = [
     "f1",
     "roc_auc",
 ]
+
+
+class UndefinedMetricWarning(UserWarning):
+    """A metric is undefined for the given labels (e.g. AUC with a class absent): NaN."""
+
+
+def _absent_warning(present: Tensor) -> float:
+    absent = torch.nonzero(~present).flatten().tolist()
+    warnings.warn(
+        f"ROC-AUC is undefined: class(es) {absent} have no sample among the labels, so their "
+        "one-vs-rest curve has no positives; returning NaN (written as null in metrics.json). "
+        "Evaluate on a set that holds every class.",
+        UndefinedMetricWarning,
+        stacklevel=3,
+    )
+    return float("nan")
 
 
 def _prep(probs: Tensor, y: Tensor) -> tuple[Tensor, Tensor, int]:
@@ -53,15 +77,16 @@ def f1(probs: Tensor, y: Tensor) -> float:
 
 
 def roc_auc(probs: Tensor, y: Tensor) -> float:
-    """ROC-AUC: binary on the class-1 probability, else one-vs-rest macro (NaN if undefined)."""
+    """ROC-AUC: binary on the class-1 probability, else one-vs-rest macro.
+
+    Undefined (NaN, with an :class:`UndefinedMetricWarning`) when a class is absent from ``y``.
+    """
     probs, y, k = _prep(probs, y)
     present = torch.bincount(y, minlength=k) > 0
-    if k == 2:
-        if not bool(present.all()):
-            return float("nan")
-        return float(tmf.binary_auroc(probs[:, 1], y))
     if not bool(present.all()):
-        return float("nan")
+        return _absent_warning(present)
+    if k == 2:
+        return float(tmf.binary_auroc(probs[:, 1], y))
     return float(tmf.multiclass_auroc(probs, y, num_classes=k, average="macro"))
 
 

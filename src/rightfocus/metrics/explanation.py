@@ -4,7 +4,9 @@ relevance mass and relevance rank accuracy.
 Attributions of shape ``(B, C, H, W)`` are reduced to a ``(B, 1, H, W)`` map of magnitudes by
 summing ``|attr|`` over channels; masks are ``(B, 1, H, W)`` with the same spatial size.
 Negative attributions count by their magnitude (the paper's overlap uses absolute input
-gradients and ReLU'd Grad-CAM maps, for which this changes nothing).
+gradients and ReLU'd Grad-CAM maps, for which this changes nothing). Mask values must lie in
+[0, 1] (binary {0, 1} or soft weights); an 8-bit 0/255 mask is refused, not silently
+mis-weighted.
 """
 
 from __future__ import annotations
@@ -13,7 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["magnitude", "overlap", "pointing_game", "relevance_mass", "relevance_rank"]
+from rightfocus.errors import UserError
+
+__all__ = [
+    "check_mask_values",
+    "magnitude",
+    "overlap",
+    "pointing_game",
+    "relevance_mass",
+    "relevance_rank",
+]
 
 
 def magnitude(attr: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -32,7 +43,31 @@ def magnitude(attr: Tensor, mask: Tensor | None = None) -> Tensor:
                 f"mask {tuple(mask.shape)} does not match attributions {tuple(attr.shape)}: "
                 "same batch size and spatial size needed (upsample CAMs to the input first)"
             )
+        check_mask_values(mask)
     return attr.abs().sum(dim=1, keepdim=True)
+
+
+def check_mask_values(mask: Tensor, name: str = "mask") -> Tensor:
+    """A mask must be finite with values in [0, 1] (1 = must not be used).
+
+    Raises:
+        UserError: NaN/Inf or values outside [0, 1], e.g. an 8-bit 0/255 mask.
+    """
+    if mask.numel() == 0:
+        return mask
+    m = mask.detach()
+    if m.dtype == torch.bool:
+        return mask
+    if not bool(torch.isfinite(m).all()):
+        raise UserError(f"{name} contains NaN or Inf values; masks hold values in [0, 1]")
+    lo, hi = float(m.min()), float(m.max())
+    if lo < 0 or hi > 1:
+        hint = "divide an 8-bit 0/255 mask by 255" if hi > 1 else "clip it to [0, 1]"
+        raise UserError(
+            f"{name} values must lie in [0, 1] (1 = must not be used), got [{lo:g}, {hi:g}]",
+            hint=hint,
+        )
+    return mask
 
 
 def overlap(attr: Tensor, mask: Tensor, reduction: str = "none") -> Tensor:
