@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -40,5 +41,19 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def _json_safe(obj: Any) -> Any:
+    """NaN / +-Inf floats (undefined metrics) become ``None``, i.e. JSON ``null``."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    """Strict JSON (``allow_nan=False``): NaN and Inf are written as ``null``, never as the
+    invalid bare ``NaN``."""
+    text = json.dumps(_json_safe(obj), indent=2, sort_keys=True, allow_nan=False)
+    return atomic_write_text(path, text + "\n")
