@@ -48,6 +48,7 @@ from rightfocus.engine.config import Config, ConfigError, config_diff, load_conf
 from rightfocus.engine.datamodule import ExperimentData
 from rightfocus.engine.module import GuidedModule
 from rightfocus.engine.timing import TIMING_FILE, StepTimer
+from rightfocus.engine.validate import validate_experiment
 from rightfocus.guidance.base import Guidance
 
 __all__ = [
@@ -312,10 +313,12 @@ def run_experiment(config: Config, quiet: bool = False) -> dict[str, float]:
     """
     if config.data.batch_size == "auto" and config.trainer.devices not in (1,):
         raise ConfigError("data.batch_size: auto needs trainer.devices: 1 (tune, then set it)")
+    validate_experiment(config)  # user mistakes stop here, before anything is written
     run_dir = prepare_run_dir(config)
     metrics_file = run_dir / METRICS_FILE
-    if metrics_file.is_file():
-        return {k: float(v) for k, v in json.loads(metrics_file.read_text()).items()}
+    if metrics_file.is_file():  # null = undefined metric (NaN)
+        saved = json.loads(metrics_file.read_text()).items()
+        return {k: float("nan") if v is None else float(v) for k, v in saved}
     with _quiet(quiet):
         pl.seed_everything(config.data.seed, workers=True, verbose=False)
         dm = ExperimentData(config)
