@@ -73,6 +73,8 @@ def test_method_registry_holds_attribution_classes_with_capabilities():
         "kernel_shap",
         "lime",
         "rise",
+        "attention_rollout",
+        "attention_gradient",
     }
     assert set(METHODS.names()) == expected
     for name, cls in METHODS.items():

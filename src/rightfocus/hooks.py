@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "ActivationCapture",
+    "attention_probabilities",
     "capture_activations",
     "count_hooks",
     "eval_mode",
@@ -283,3 +284,52 @@ def patched_forwards(
 
             stack.enter_context(patched_forward(module, replace))
         yield list(forwards)
+
+
+def _attention_blocks(model: nn.Module) -> list[nn.Module]:
+    """timm-style attention modules: a ``fused_attn`` switch and an ``attn_drop`` applied to
+    the attention probabilities ``softmax(q k^T / sqrt(d))`` on the unfused path."""
+    return [
+        m
+        for m in model.modules()
+        if hasattr(m, "fused_attn") and isinstance(getattr(m, "attn_drop", None), nn.Module)
+    ]
+
+
+@contextmanager
+def attention_probabilities(model: nn.Module) -> Iterator[list[Tensor]]:
+    """Record the attention probabilities of every attention block, in call order.
+
+    Works on timm's attention modules (ViT/DeiT ``Attention``, Swin ``WindowAttention``), which
+    compute ``A = softmax(q k^T / sqrt(d))`` explicitly when ``fused_attn`` is False and pass it
+    through ``attn_drop``: inside the block ``fused_attn`` is switched off (restored after) and
+    a forward hook on each ``attn_drop`` appends its output ``A`` of shape
+    ``(B, heads, N, N)`` to the yielded list (still attached to the autograd graph, so
+    gradients with respect to ``A`` can be taken). Models without such blocks are refused.
+    """
+    blocks = _attention_blocks(model)
+    if not blocks:
+        raise ValueError(
+            f"{type(model).__name__} has no attention block whose probabilities can be read (timm "
+            "Attention with fused_attn and attn_drop); attention-based explanations need a timm "
+            "vision transformer. Use a gradient method or a CAM for other models."
+        )
+    maps: list[Tensor] = []
+    flags = [(m, m.fused_attn) for m in blocks]
+    handles = []
+
+    def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        maps.append(output)
+
+    try:
+        for m in blocks:
+            m.fused_attn = False
+            drop: nn.Module = m.attn_drop  # type: ignore[assignment]
+            handles.append(drop.register_forward_hook(hook))
+        yield maps
+    finally:
+        for handle in handles:
+            handle.remove()
+        for m, flag in flags:
+            m.fused_attn = flag
+        maps.clear()

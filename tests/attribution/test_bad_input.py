@@ -9,7 +9,8 @@ from torch import nn
 
 from rightfocus import METHODS, attribute
 
-NAMES = METHODS.names()
+# attention methods need a transformer: tests/families/test_family_matrix.py checks them
+NAMES = [n for n in METHODS.names() if not getattr(METHODS.get(n), "needs_attention", False)]
 LAYER_METHODS = [n for n in NAMES if METHODS.get(n).needs_layer]
 CHEAP = {
     "integrated_gradients": {"n_steps": 2},

@@ -9,6 +9,7 @@ from rightfocus.attribution import (  # noqa: F401 (registers methods)
     rise,
     smoothing,
     surrogate,
+    transformer,
 )
 from rightfocus.attribution.base import Attribution, attribute, check_input, register_method
 from rightfocus.attribution.cam import GradCAM

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from rightfocus import hooks
 from rightfocus._registry import METHODS
+from rightfocus.attribution.outputs import OutputSelector, selected_outputs
 from rightfocus.attribution.targets import Target, check_target, select
 
 __all__ = ["Attribution", "attribute", "check_input", "input_gradient", "register_method"]
@@ -73,13 +74,18 @@ class Attribution(ABC):
     def create_graph(self) -> bool:
         return bool(getattr(self, "_create_graph", False))
 
-    def __call__(self, model: nn.Module, x: Tensor, target: Target = None) -> Any:
+    def __call__(
+        self, model: nn.Module, x: Tensor, target: Target = None, *, output: OutputSelector = None
+    ) -> Any:
+        """Explain ``model`` on ``x``; ``output`` picks the tensor to explain from a model that
+        returns a tuple, dict or ``.logits`` object (see :mod:`rightfocus.attribution.outputs`)."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
         x = check_input(x)
         check_target(target, x.shape[0])
         use_eval = (not self.create_graph) if self.eval_mode is None else self.eval_mode
         with ExitStack() as stack:
+            stack.enter_context(selected_outputs(model, output))
             stack.enter_context(hooks.eval_mode(model, enabled=use_eval))
             stack.enter_context(hooks.frozen_parameters(model, enabled=not self.create_graph))
             result = self._attribute(model, x, target)
@@ -166,9 +172,17 @@ def register_method(name: str) -> Callable[[A], A]:
 
 
 def attribute(
-    model: nn.Module, x: Tensor, target: Target = None, method: str = "saliency", **options: Any
+    model: nn.Module,
+    x: Tensor,
+    target: Target = None,
+    method: str = "saliency",
+    output: OutputSelector = None,
+    **options: Any,
 ) -> Any:
     """Explain ``model``'s predictions on ``x`` with a registered method.
+
+    ``output`` selects the tensor to explain when the model returns a tuple, a dict or an
+    object with ``.logits`` (default: automatic, see :mod:`rightfocus.attribution.outputs`).
 
     Example:
         >>> import torch
@@ -178,4 +192,4 @@ def attribute(
         (2, 1, 28, 28)
     """
     cls = METHODS.get(method)
-    return cls(**options)(model, x, target)
+    return cls(**options)(model, x, target, output=output)

@@ -6,7 +6,13 @@ small function each; the weights are per channel ``(B, K, 1, 1)`` or per positio
 ``(B, K, h, w)``). Output: ``(B, 1, H, W)``, upsampled (bilinear) to the input unless
 ``upsample=False``; Guided Grad-CAM returns ``(B, C, H, W)``.
 
-The target layer is a module, a dotted name, or ``None`` for the last ``Conv2d`` of the model.
+The target layer is a module, a dotted name (negative indices count from the end:
+``"blocks.-1.norm1"``), or ``None`` for the model family's usual layer
+(:func:`rightfocus._modules.default_layer_name`: the last stage of a CNN, the last block's norm
+of a ViT, the final norm of a Swin; else the last ``Conv2d``). Token outputs are put on their
+spatial grid automatically (:func:`rightfocus._modules.grid_layout`): ViT/DeiT tokens
+``(B, N, C)`` lose their class/distillation tokens and are reshaped to the patch grid, Swin's
+channels-last ``(B, H, W, C)`` maps are permuted; no reshape function is needed.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rightfocus import hooks
-from rightfocus._modules import resolve_layer
+from rightfocus._modules import default_layer, grid_layout, resolve_layer
 from rightfocus.attribution.base import Attribution, register_method
 from rightfocus.attribution.gradient import GuidedBackprop
 from rightfocus.attribution.targets import Target, fix_target, select
@@ -86,12 +92,21 @@ def _forward_capturing(
     after the layer (``nn.ReLU(inplace=True)``) cannot change what was captured. With
     ``leaf=True`` the captured outputs are detached leaves that require grad: nothing before
     them is recorded and a gradient to them only runs through the rest of the model.
+    The first layer's output is captured on its spatial grid (``(B, K, h, w)``, see
+    :func:`rightfocus._modules.grid_layout`) and the forward pass continues on the inverse
+    reshape of that grid, so gradients with respect to the captured grid are exact.
     """
     saved: dict[int, Tensor] = {}
 
     def keep(module: nn.Module, out: Tensor) -> Tensor:
         if leaf:
             out = out.detach().requires_grad_(True)
+        if module is layers[0]:
+            layout = grid_layout(model, module, out)
+            if layout.kind != "nchw":
+                grid = layout.to_grid(out)
+                saved[id(module)] = grid
+                return layout.from_grid(grid, out)
         saved[id(module)] = out
         return out.clone()
 
@@ -124,7 +139,7 @@ class _CAM(Attribution):
     """Shared CAM pipeline: capture ``A`` and ``dS_c/dA`` at the layer, weigh, sum, post-process.
 
     Args:
-        layer: target layer (module or dotted name); default the last Conv2d.
+        layer: target layer (module or dotted name); default the family's layer (module doc).
         relu: apply ReLU to the map (default True). upsample: resize to the input (default True).
         interpolation: ``bilinear`` (default), ``nearest`` or ``bicubic``.
         normalize: min-max normalise each map to [0, 1] (default False).
@@ -171,7 +186,7 @@ class _CAM(Attribution):
         return (self._weights(acts, grads) * acts).sum(dim=1, keepdim=True)
 
     def _attribute(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
-        layer = resolve_layer(model, self.layer)
+        layer = default_layer(model) if self.layer is None else resolve_layer(model, self.layer)
         with torch.enable_grad():  # also inside a caller's torch.no_grad() block
             cam = self._raw_map(model, x, target, layer)
         size = (x.shape[-2], x.shape[-1]) if self.upsample else None
@@ -187,7 +202,8 @@ class GradCAM(_CAM):
     ``w_k^c = (1/Z) sum_ij dS_c/dA^k_ij``, ``L^c = ReLU(sum_k w_k^c A^k)``.
 
     Args (common to the CAM family):
-        layer: target layer, a module or dotted name; default the last Conv2d.
+        layer: target layer, a module or dotted name; default the model family's usual layer
+            (last CNN stage, last ViT block's ``norm1``, Swin's final norm; else the last conv).
         relu: apply ReLU to the map (default True).
         upsample: resize the map to the input (default True); else ``(B, 1, h, w)``.
         interpolation: ``bilinear`` (default, ``align_corners=False``), ``nearest``, ``bicubic``.
