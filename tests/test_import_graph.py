@@ -21,7 +21,7 @@ import rightfocus
 SRC = Path(rightfocus.__file__).resolve().parent
 
 LAYERS: list[set[str]] = [
-    {"_io", "_registry", "_modules", "hooks", "errors"},  # foundation
+    {"_io", "_registry", "_modules", "hooks", "errors", "configs"},  # foundation
     {"bayes"},
     {"attribution", "data", "models"},
     {"metrics", "analysis"},

@@ -30,6 +30,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rightfocus import configs as shipped_configs
+
 __all__ = [
     "METRIC_NAMES",
     "Config",
@@ -462,7 +464,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
         ConfigError: for a missing file, bad YAML, an unknown key or an invalid value; the message
             names the dotted field.
     """
-    raw = _read_file(Path(path))
+    raw = _read_file(shipped_configs.resolve(path))
     for override in overrides:
         apply_override(raw, override)
     source = str(path) + (f" with --set {' '.join(overrides)}" if overrides else "")

@@ -178,7 +178,7 @@ def reproduce_decoy_mnist(
     )
 
 
-CONFIGS_DIR = Path(__file__).resolve().parents[3] / "configs"
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 IMAGE_EXPERIMENTS = {  # name -> (config file, paper's feedback lambda)
     "isic": ("isic_alexnet.yaml", 1e-5),
     "pets": ("pets_alexnet.yaml", 2e-6),
