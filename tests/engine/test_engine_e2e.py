@@ -77,7 +77,8 @@ def test_one_epoch_lenet_end_to_end(tmp_path: Path) -> None:
 
 def test_other_config_in_same_run_dir_is_refused(tmp_path: Path) -> None:
     cfg = load_config_dict(_config(tmp_path, run="clash"))
-    cfg.run_dir.mkdir(parents=True)
+    (cfg.run_dir / "checkpoints").mkdir(parents=True)
+    (cfg.run_dir / "checkpoints" / "last.ckpt").write_bytes(b"trained")  # the run has started
     (cfg.run_dir / "config.yaml").write_text(
         load_config_dict(_config(tmp_path, run="clash"), ["optim.lr=0.5"]).to_yaml()
     )
@@ -96,7 +97,11 @@ def test_bf16_auto_batch_and_class_weights(tmp_path: Path) -> None:
     )
     raw["guidance"] = [{"name": "bayes_feedback", "lam": 1e-4}]
     cfg = load_config_dict(raw)
+    stale = cfg.run_dir / ".scale_batch_size_0123abcd.ckpt"  # left by a killed search
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"x")
     metrics = run_experiment(cfg, quiet=True)
+    assert not list(cfg.run_dir.glob(".scale_batch_size_*"))  # removed; the search left none
     assert set(metrics) >= ALL_METRICS
     tuned = json.loads((cfg.run_dir / "batch_size.json").read_text())["batch_size"]
     assert 1 <= tuned <= 300

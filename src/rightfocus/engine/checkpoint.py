@@ -5,7 +5,9 @@
   file next to the target, fsyncs it and renames it over the target, so a kill at any moment
   leaves either the old or the new checkpoint, never a partial one. Loads use
   ``torch.load(..., weights_only=True)``: a checkpoint carrying pickled Python objects is refused.
-* :class:`ResumeCheckpoint` saves ``last.ckpt`` every N training steps and at each epoch end.
+* :class:`ResumeCheckpoint` saves ``last.ckpt`` every N training steps and at each epoch end
+  (after validation), never after an epoch's last batch: a checkpoint there would resume as
+  "epoch done" and skip the validation that follows (and with it best-checkpoint selection).
 * :func:`rng_state` / :func:`set_rng_state` capture and restore every random generator, so a
   resumed run draws the same random numbers (MC samples, dropout, noise) as an uninterrupted one.
 """
@@ -14,7 +16,8 @@ from __future__ import annotations
 
 import pickle
 import random
-import zipfile
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +26,14 @@ import numpy as np
 import torch
 from lightning.fabric.plugins import CheckpointIO
 
-from rightfocus._io import atomic_path
+from rightfocus._io import atomic_path, remove_stale_temp_files
 
 __all__ = [
     "AtomicCheckpointIO",
     "CheckpointError",
     "ResumeCheckpoint",
+    "check_model_state",
+    "check_resume_checkpoint",
     "load_checkpoint",
     "remove_stale_temp_files",
     "rng_state",
@@ -47,51 +52,119 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     """``torch.load(path, weights_only=True)`` with errors that say what went wrong and what to do.
 
     Raises:
-        CheckpointError: the file is missing, truncated/corrupt, holds pickled Python objects
-            (refused: only tensors and plain containers load), or is not a checkpoint mapping.
+        CheckpointError: the file is missing, truncated/corrupt (whatever exception the
+            unpickler raises on garbage), contains pickled code (refused for safety, never
+            executed), or is not a checkpoint mapping.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
+        with warnings.catch_warnings():  # garbage bytes make torch warn about pickle protocols
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # random bytes raise anything from EOFError to KeyError
         reason = _unpickler_reason(err)
-        if "global" not in reason.lower():
+        if isinstance(err, pickle.UnpicklingError) and _is_code(reason):
             raise CheckpointError(
-                f"Checkpoint {path} is truncated or corrupt ({reason}). Delete it to restart the "
-                "run from scratch (or restore it from a backup)."
+                f"Checkpoint {path} contains pickled code, refused for safety (nothing in it "
+                f"was executed; {reason}). rightfocus checkpoints hold only tensors and plain "
+                "containers; if you made this file yourself and trust it, save its state dicts "
+                "again with torch.save."
             ) from err
         raise CheckpointError(
-            f"Refusing to load checkpoint {path}: it holds pickled Python objects, which "
-            f"weights_only=True loading does not execute ({reason}). Only checkpoints "
-            "of tensors and plain containers (as rightfocus writes them) are accepted; if you "
-            "trust the file, re-save its state dicts with torch.save."
-        ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        raise CheckpointError(
-            f"Checkpoint {path} is truncated or corrupt ({_first_line(err)}). Delete it to "
-            "restart the run from scratch (or restore it from a backup)."
+            f"Checkpoint {path} is truncated or corrupt ({reason}). Delete it to restart the "
+            "run from scratch (or restore it from a backup)."
         ) from err
     if not isinstance(state, dict):
-        raise CheckpointError(f"Checkpoint {path} holds a {type(state).__name__}, not a mapping")
+        raise CheckpointError(
+            f"Checkpoint {path} holds a {type(state).__name__}, not a checkpoint mapping; "
+            "delete it to restart the run from scratch"
+        )
     return state
 
 
+def _is_code(reason: str) -> bool:
+    """Whether the weights-only unpickler refused a reference to Python code (a global, a
+    reduce of a non-allowed callable) rather than stumbling over garbage bytes."""
+    low = reason.lower()
+    return "global" in low or "reduce" in low or "not an allowed" in low
+
+
 def _unpickler_reason(err: BaseException) -> str:
-    """The informative line of torch's weights-only unpickler error."""
+    """The informative line of torch's weights-only unpickler error, without torch's advice
+    (to load with ``weights_only=False``, which would execute the file's code)."""
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     for i, line in enumerate(lines):
         if "WeightsUnpickler error" in line:
             rest = line.split("WeightsUnpickler error:", 1)[1].strip()
             detail = rest or (lines[i + 1] if i + 1 < len(lines) else "")
-            return detail.split(". Please use")[0][:300]
-    return _first_line(err)
+            return _strip_advice(detail)
+    return _strip_advice(_first_line(err))
+
+
+def _strip_advice(text: str) -> str:
+    markers = (". Please use", "Please use", "weights_only", "Check the documentation", ". This is")
+    for marker in markers:
+        text = text.split(marker)[0]
+    return text.strip().rstrip(".,;:")[:300] or "unreadable"
 
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0][:300] if text else type(err).__name__
+
+
+_RESUME_KEYS = ("state_dict", "optimizer_states", "loops", "callbacks", "epoch", "global_step")
+
+
+def check_resume_checkpoint(path: str | Path, expected: Mapping[str, torch.Tensor]) -> None:
+    """Check before a resume that ``path`` is a complete training checkpoint of this model
+    (``expected``: the LightningModule's ``state_dict()``).
+
+    Raises:
+        CheckpointError: unreadable (see :func:`load_checkpoint`), not a training checkpoint
+            (keys missing), or written by another model (see :func:`check_model_state`).
+    """
+    state = load_checkpoint(path)
+    missing = [k for k in _RESUME_KEYS if k not in state]
+    if missing or not isinstance(state.get("state_dict"), Mapping):
+        raise CheckpointError(
+            f"Checkpoint {path} is not a complete training checkpoint (missing: "
+            f"{', '.join(missing) or 'state_dict mapping'}). Delete it to restart the run from "
+            "scratch."
+        )
+    check_model_state(expected, state["state_dict"], path)
+
+
+def check_model_state(
+    expected: Mapping[str, torch.Tensor], saved: Mapping[str, Any], path: str | Path
+) -> None:
+    """Check that a checkpoint's ``state_dict`` fits a model (same keys, same shapes).
+
+    Raises:
+        CheckpointError: naming missing / unexpected keys and shape mismatches: the checkpoint
+            was written by another model (another config or code version).
+    """
+    missing = [k for k in expected if k not in saved]
+    unexpected = [k for k in saved if k not in expected]
+    shapes = [
+        f"{k} {tuple(saved[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in saved and getattr(saved[k], "shape", None) != v.shape
+    ]
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
+        if items:
+            more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
+            parts.append(f"{label}: {', '.join(items[:3])}{more}")
+    raise CheckpointError(
+        f"Checkpoint {path} was written by another model ({'; '.join(parts)}). It does not "
+        "belong to this run's config: use the run folder that made it, or delete it to "
+        "retrain."
+    )
 
 
 class AtomicCheckpointIO(CheckpointIO):
@@ -116,14 +189,6 @@ class AtomicCheckpointIO(CheckpointIO):
         Path(path).unlink(missing_ok=True)
 
 
-def remove_stale_temp_files(folder: str | Path) -> list[Path]:
-    """Delete temporary files a killed process left behind (``.<name>.*.tmp``); returns them."""
-    stale = [p for p in Path(folder).rglob(".*.tmp") if p.is_file()]
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
-
-
 class ResumeCheckpoint(pl.Callback):
     """Save ``<dirpath>/last.ckpt`` every ``every_n_steps`` optimizer steps and at epoch ends.
 
@@ -143,8 +208,12 @@ class ResumeCheckpoint(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         n = self.every_n_steps
-        if n is not None and trainer.global_step > 0 and trainer.global_step % n == 0:
-            trainer.save_checkpoint(self.path, weights_only=False)
+        if n is None or trainer.global_step == 0 or trainer.global_step % n:
+            return
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        if progress.is_last_batch or progress.current.processed >= trainer.num_training_batches:
+            return  # the epoch-end checkpoint (after validation) follows
+        trainer.save_checkpoint(self.path, weights_only=False)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         trainer.save_checkpoint(self.path, weights_only=False)

@@ -3,9 +3,13 @@
 Training batches come from :class:`EpochBatchSampler`: epoch ``e``'s order is a permutation
 drawn from ``(seed, e)`` alone, so it is the same whether or not the run was interrupted, and
 the sampler can skip the batches a resumed run already trained on. :class:`ResumableDataLoader`
-exposes that as Lightning's loader ``state_dict`` protocol (mid-epoch resume). Under DDP each
-global batch is split across the ranks (rank ``r`` takes items ``r::world``), so two processes
-see exactly the batches one process would, half each.
+sets the sampler's epoch from the trainer's epoch counter every time an epoch's iteration
+starts (Lightning's own ``set_epoch`` calls only reach ``loader.sampler`` and
+``loader.batch_sampler.sampler``) and exposes the skip as Lightning's loader ``state_dict``
+protocol (mid-epoch resume). The skip applies only to the epoch it was saved in, so resuming
+from an epoch-end checkpoint starts the next epoch at its first batch. Under DDP each global
+batch is split across the ranks (rank ``r`` takes items ``r::world`` of every batch of the
+epoch's permutation), so two processes see exactly the batches one process would, half each.
 """
 
 from __future__ import annotations
@@ -51,9 +55,14 @@ class EpochBatchSampler:
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.epoch = 0
         self.skip = 0
+        self.skip_epoch: int | None = None  # None: ``skip`` applies to the next iteration
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+    def resume(self, epoch: int, batches_done: int) -> None:
+        """Skip the first ``batches_done`` batches of ``epoch`` (only of that epoch, once)."""
+        self.skip, self.skip_epoch = int(batches_done), int(epoch)
 
     def _num_full(self) -> int:
         full = self.n // self.batch_size
@@ -71,7 +80,8 @@ class EpochBatchSampler:
 
     def __iter__(self) -> Iterator[list[int]]:
         order = self.order(self.epoch)
-        skip, self.skip = self.skip, 0
+        skip = self.skip if self.skip_epoch in (None, self.epoch) else 0
+        self.skip, self.skip_epoch = 0, None
         for b in range(skip, len(self)):
             batch = order[b * self.batch_size : (b + 1) * self.batch_size]
             yield batch[self.rank :: self.world_size]
@@ -80,8 +90,10 @@ class EpochBatchSampler:
 class ResumableDataLoader(DataLoader):
     """A DataLoader over an :class:`EpochBatchSampler` that Lightning can save and restore.
 
+    ``epoch()`` returns the epoch about to be iterated (the Trainer's count; None outside a
+    Trainer keeps the sampler's own epoch) and is read each time an iteration starts;
     ``progress()`` returns how many batches of the current epoch were trained (the Trainer's own
-    count); :meth:`load_state_dict` makes the next iteration skip them.
+    count); :meth:`load_state_dict` makes that epoch's next iteration skip them.
     """
 
     def __init__(
@@ -89,18 +101,26 @@ class ResumableDataLoader(DataLoader):
         dataset: Dataset[Any],
         sampler: EpochBatchSampler,
         progress: Callable[[], int],
+        epoch: Callable[[], int | None] = lambda: None,
         **kw: Any,
     ) -> None:
         super().__init__(dataset, batch_sampler=sampler, **kw)
         self.epoch_sampler = sampler
         self._progress = progress
+        self._epoch = epoch
+
+    def __iter__(self) -> Any:
+        epoch = self._epoch()
+        if epoch is not None:
+            self.epoch_sampler.set_epoch(epoch)
+        return super().__iter__()
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch_sampler.epoch, "batches_done": int(self._progress())}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch_sampler.set_epoch(int(state["epoch"]))
-        self.epoch_sampler.skip = int(state["batches_done"])
+        self.epoch_sampler.resume(int(state["epoch"]), int(state["batches_done"]))
 
 
 def _subset(dataset: Dataset[Any], limit: int | None, seed: int) -> Dataset[Any]:
@@ -215,6 +235,14 @@ class ExperimentData(pl.LightningDataModule):
         current = trainer.fit_loop.epoch_loop.batch_progress.current
         return int(getattr(current, "processed", current.completed))
 
+    def _epoch(self) -> int | None:
+        """The epoch the fit loop is in or about to start (counted as Lightning's
+        ``set_epoch`` calls count it: epochs whose training part ended)."""
+        trainer = self.trainer
+        if trainer is None:
+            return None
+        return int(trainer.fit_loop.epoch_progress.current.processed)
+
     def train_dataloader(self) -> ResumableDataLoader:
         assert self.train_dataset is not None, "call setup('fit') first"
         rank, world = self._rank_world()
@@ -225,10 +253,11 @@ class ExperimentData(pl.LightningDataModule):
             rank=rank,
             world_size=world,
         )
-        if self.trainer is not None:
-            sampler.set_epoch(self.trainer.current_epoch)
+        epoch = self._epoch()
+        if epoch is not None:
+            sampler.set_epoch(epoch)
         self._train_loader = ResumableDataLoader(
-            self.train_dataset, sampler, self._progress, **self._loader_kwargs()
+            self.train_dataset, sampler, self._progress, self._epoch, **self._loader_kwargs()
         )
         return self._train_loader
 

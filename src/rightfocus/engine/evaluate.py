@@ -36,6 +36,8 @@ def classification_metrics(probs: Tensor, y: Tensor) -> dict[str, float]:
     """``classification_report(probs, y)`` plus ``ece`` and ``nll`` (mean ``-log p_y``)."""
     from rightfocus.metrics.classification import classification_report
 
+    if probs.element_size() < 4:  # bf16 / fp16 (mixed precision): metrics in float32
+        probs = probs.float()
     out = {k: float(v) for k, v in classification_report(probs, y).items()}
     if "ece" not in out:
         out["ece"] = float(_ece_function()(probs, y))

@@ -2,7 +2,9 @@
 
 A run folder ``<runs_dir>/<experiment>/<run>/`` holds::
 
-    config.yaml              the resolved config (written first; a different config is refused)
+    .lock                    held (OS file lock) by the one process training the run
+    config.yaml              the resolved config (written first; a different config is refused
+                             once the run has a checkpoint, else replaced)
     batch_size.json          the batch size found by ``batch_size: auto`` (reused on resume)
     checkpoints/last.ckpt    every ``trainer.checkpoint_every_n_steps`` steps and epoch end
     checkpoints/best.ckpt    best validation ``evaluation.monitor``
@@ -13,11 +15,14 @@ A run folder ``<runs_dir>/<experiment>/<run>/`` holds::
 
 Every file is written atomically (temporary file + fsync + rename), so a process killed at any
 moment (SIGKILL included) leaves only complete files plus, at worst, a hidden ``.*.tmp`` file
-that the next start removes. Running the same config again resumes from ``last.ckpt``
-(mid-epoch: the data order of an epoch depends only on the seed and the epoch, the sampler skips
-the batches already trained, and the RNG state is restored), so on CPU with
-``deterministic: true`` it ends with the same metrics as an uninterrupted run. A finished run
-(``metrics.json`` present) is not retrained; its metrics are returned.
+(or a batch-size search's ``.scale_batch_size_*.ckpt``) that the next start removes. Only one
+process at a time may train a run folder (a second one is refused, naming the holder's PID).
+Running the same config again resumes from ``last.ckpt`` (mid-epoch: the data order of an
+epoch depends only on the seed and the epoch, the sampler skips the batches already trained,
+and the RNG state is restored; ``last.ckpt`` is never written between an epoch's last batch and
+its validation, so no resume skips validation, best-checkpoint selection or testing), so on
+CPU with ``deterministic: true`` it ends with the same metrics as an uninterrupted run. A
+finished run (``metrics.json`` present) is not retrained; its metrics are returned.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ import contextlib
 import inspect
 import json
 import logging
+import os
+import shutil
+import signal
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -35,12 +43,15 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from rightfocus._io import atomic_write_json, atomic_write_text
+from rightfocus._io import LockHeldError, atomic_write_json, atomic_write_text, exclusive_lock
 from rightfocus.engine.checkpoint import (
     BEST,
     LAST,
     AtomicCheckpointIO,
+    CheckpointError,
     ResumeCheckpoint,
+    check_model_state,
+    check_resume_checkpoint,
     load_checkpoint,
     remove_stale_temp_files,
 )
@@ -53,6 +64,8 @@ from rightfocus.guidance.base import Guidance
 
 __all__ = [
     "RunConflictError",
+    "RunInterrupted",
+    "RunLockedError",
     "build_guidance",
     "build_model",
     "evaluate_run",
@@ -63,12 +76,22 @@ __all__ = [
 ]
 
 CONFIG_FILE, METRICS_FILE, BATCH_FILE = "config.yaml", "metrics.json", "batch_size.json"
+LOCK_FILE = ".lock"
+_TUNER_GLOB = ".scale_batch_size_*.ckpt"  # Lightning's batch-size search checkpoints
 # keys that may differ when a run is resumed (they do not change the results)
 _OPERATIONAL = ("runs_dir", "trainer.progress_bar", "data.num_workers", "evaluation.batch_size")
 
 
 class RunConflictError(ValueError):
     """The run folder belongs to a different config."""
+
+
+class RunLockedError(RunConflictError):
+    """Another live process is training in the run folder."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run; the message says how to resume it."""
 
 
 def _rank() -> int:
@@ -88,29 +111,97 @@ def _comparable(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _has_trained(run_dir: Path) -> bool:
+    """Whether the run saved anything that depends on its config (a checkpoint, metrics)."""
+    ckpts = run_dir / "checkpoints"
+    return (run_dir / METRICS_FILE).is_file() or (
+        ckpts.is_dir() and any(p.suffix == ".ckpt" for p in ckpts.iterdir())
+    )
+
+
 def prepare_run_dir(config: Config) -> Path:
     """Create the run folder with ``config.yaml``, or check that an existing one matches.
 
+    A folder whose run never saved a checkpoint (it failed during set-up or was stopped before
+    its first checkpoint) does not pin its config: the new config replaces it (and the
+    batch size and TensorBoard events of the old one are removed). Call it while holding the
+    run's lock (:func:`run_experiment` does): it removes the temporary files killed writers
+    left behind.
+
     Raises:
-        RunConflictError: the folder holds a run of another config (the differing keys are
-            listed); it is never overwritten.
+        RunConflictError: the folder holds a trained run of another config (the differing keys
+            are listed); it is never overwritten.
     """
     run_dir = config.run_dir
     cfg_file = run_dir / CONFIG_FILE
-    if cfg_file.is_file():
+    write = not cfg_file.is_file()
+    if not write:
         old = parse_yaml(cfg_file.read_text(), str(cfg_file)) or {}
         diff = config_diff(_comparable(old), _comparable(config.to_dict()))
-        if diff:
+        if diff and _has_trained(run_dir):
             raise RunConflictError(
                 f"Run folder {run_dir} was created by a different config; refusing to overwrite "
                 f"it. Differences (saved -> new): {'; '.join(diff[:10])}. Choose another run name "
-                "(--set run=NAME) or experiment, or delete the folder to start over."
+                f"(--set run=NAME) or experiment, or delete the folder (rm -r {run_dir}) to start "
+                "over."
             )
-    elif _rank() == 0:
+        if diff and _rank() == 0:
+            warnings.warn(
+                f"Run folder {run_dir} held a config that never trained (no checkpoint); "
+                f"replacing it ({'; '.join(diff[:10])})",
+                stacklevel=2,
+            )
+            (run_dir / BATCH_FILE).unlink(missing_ok=True)
+            shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+        write = bool(diff)
+    if write and _rank() == 0:
         atomic_write_text(cfg_file, config.to_yaml())
     if _rank() == 0:
         remove_stale_temp_files(run_dir)
+        for leftover in run_dir.glob(_TUNER_GLOB):
+            leftover.unlink(missing_ok=True)
     return run_dir
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path) -> Iterator[None]:
+    """The run folder's exclusive lock (rank 0 only: DDP workers run under their launcher's)."""
+    if _rank() != 0:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = exclusive_lock(run_dir / LOCK_FILE)
+    try:
+        lock.__enter__()
+    except LockHeldError as err:
+        who = f"process {err.pid}" if err.pid is not None else "another process"
+        raise RunLockedError(
+            f"Run folder {run_dir} is in use by {who} (lock {err.path}). Wait for it to finish "
+            "or stop it, then run the same command again (it resumes); or choose another run "
+            "name with --set run=NAME."
+        ) from None
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
+@contextlib.contextmanager
+def _torch_flags_restored() -> Iterator[None]:
+    """Undo what ``Trainer(deterministic=...)`` sets process-wide once the run is over."""
+    det = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    cudnn = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(det, warn_only=warn_only)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
+        if cublas is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
 
 
 # --- building blocks ------------------------------------------------------------------------------
@@ -293,9 +384,13 @@ def _batch_size(config: Config, run_dir: Path, module: GuidedModule, dm: Experim
     dm.batch_size = 32
     n = len(dm.train_dataset)  # type: ignore[arg-type]
     trials = max(1, min(8, (max(n, 64) // 32).bit_length()))
-    found = Tuner(tuner_trainer).scale_batch_size(
-        module, datamodule=dm, mode="power", steps_per_trial=2, max_trials=trials
-    )
+    try:
+        found = Tuner(tuner_trainer).scale_batch_size(
+            module, datamodule=dm, mode="power", steps_per_trial=2, max_trials=trials
+        )
+    finally:  # the search's own checkpoint, also when it fails (after a kill: the next start)
+        for leftover in run_dir.glob(_TUNER_GLOB):
+            leftover.unlink(missing_ok=True)
     size = max(1, min(int(found or 32), n))
     atomic_write_json(saved, {"batch_size": size})
     return size
@@ -307,13 +402,31 @@ def run_experiment(config: Config, quiet: bool = False) -> dict[str, float]:
     The run folder is ``config.run_dir``. A finished run is not retrained. Under DDP the
     processes other than rank 0 return ``{}`` after training.
 
+    The process holds the run folder's lock throughout; process-wide torch flags the Trainer
+    sets (``deterministic``) are restored afterwards.
+
     Raises:
         RunConflictError: the run folder belongs to another config.
-        CheckpointError: ``last.ckpt`` is corrupt or carries pickled objects.
+        RunLockedError: another process is training in the run folder.
+        CheckpointError: ``last.ckpt`` is corrupt, carries pickled code or belongs to another
+            model.
+        RunInterrupted: Ctrl-C (the message says that the same command resumes).
     """
     if config.data.batch_size == "auto" and config.trainer.devices not in (1,):
         raise ConfigError("data.batch_size: auto needs trainer.devices: 1 (tune, then set it)")
     validate_experiment(config)  # user mistakes stop here, before anything is written
+    with _run_lock(config.run_dir), _torch_flags_restored():
+        try:
+            return _train_and_test(config, quiet)
+        except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores it
+            raise RunInterrupted(
+                f"Interrupted. Run the same command again to resume {config.run_dir} from its "
+                "last checkpoint."
+            ) from None
+
+
+def _train_and_test(config: Config, quiet: bool) -> dict[str, float]:
     run_dir = prepare_run_dir(config)
     metrics_file = run_dir / METRICS_FILE
     if metrics_file.is_file():  # null = undefined metric (NaN)
@@ -342,10 +455,19 @@ def run_experiment(config: Config, quiet: bool = False) -> dict[str, float]:
         has_val = dm.val_dataset is not None
         last = run_dir / "checkpoints" / LAST
         dm.batch_size = _batch_size(config, run_dir, module, dm)
+        if last.is_file():
+            check_resume_checkpoint(last, module.state_dict())
         trainer = build_trainer(config, run_dir, has_val, quiet)
-        trainer.fit(
-            module, datamodule=dm, ckpt_path=last if last.is_file() else None, weights_only=True
-        )
+        try:
+            trainer.fit(
+                module, datamodule=dm, ckpt_path=last if last.is_file() else None, weights_only=True
+            )
+        except SystemExit:  # Lightning turns Ctrl-C into sys.exit(1) after its clean-up
+            if trainer.interrupted:
+                raise KeyboardInterrupt from None
+            raise
+        if trainer.interrupted:
+            raise KeyboardInterrupt
         if not trainer.is_global_zero:
             return {}
         _load_selected(module.model, run_dir, config)
@@ -376,9 +498,13 @@ def _checkpoint_file(run_dir: Path, config: Config) -> Path:
 
 def _load_selected(model: nn.Module, run_dir: Path, config: Config) -> Path:
     path = _checkpoint_file(run_dir, config)
-    state = load_checkpoint(path)["state_dict"]
+    state = load_checkpoint(path).get("state_dict")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"Checkpoint {path} has no state_dict; delete it to retrain")
     prefix = "model."
-    model.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    check_model_state(model.state_dict(), weights, path)
+    model.load_state_dict(weights)
     return path
 
 
