@@ -140,6 +140,7 @@ def test_malformed_sweep_files_are_one_line_errors(tmp_path: Path, text: str, ma
         ({"optim.lr": [1e-3, -1.0]}, {}, "optim.lr=-1.0.*greater than 0"),
         ({"guidance.0.lam": [1.0]}, {}, "guidance.0.lam=1.0.*valid list"),
         ({"model.name": ["lenet", "lenett"]}, {}, "model.name=.lenett.*unknown model"),
+        ({"data.class_weights": [[1.0, 2.0]]}, {}, "class_weights lists 2 weights.*10 classes"),
         ({"optim.lr": [1e-3]}, {"objective": "acuracy"}, "objective 'acuracy' is not one of"),
         ({"optim.epochs": {"low": 0, "high": 3, "integer": True}}, {"n_trials": 2}, "epochs"),
     ],
@@ -213,6 +214,21 @@ def test_in_process_sweep_runs_each_fold_once_and_reruns_nothing(tmp_path: Path)
     assert len(run_sweep(spec, tmp_path / "sweep", runner=_runner(), log=_quiet).trials) == 2
     calls = (tmp_path / "sweep" / "runs" / "calls.log").read_text().split()
     assert len(calls) == 4  # 2 configurations x 2 folds; the rerun ran nothing
+
+
+def test_a_configuration_queued_twice_by_racing_workers_runs_once(tmp_path: Path) -> None:
+    spec = load_sweep(_write_sweep(tmp_path))
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    storage = f"sqlite:///{sweep_dir / 'sweep.db'}"
+    study = optuna.create_study(study_name="sweep", storage=storage)
+    for t in plan_trials(spec) * 2:  # two workers that started together both queued the grid
+        study.enqueue_trial({}, user_attrs={KEY: t.key}, skip_if_exists=False)
+    assert len(run_sweep(spec, sweep_dir, runner=_runner(), log=_quiet).trials) == 2
+    states = [t.state for t in optuna.load_study(study_name="sweep", storage=storage).trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 2
+    assert states.count(optuna.trial.TrialState.PRUNED) == 2
+    assert len((sweep_dir / "runs" / "calls.log").read_text().split()) == 4
 
 
 @pytest.mark.parametrize("sampler", ["random", "tpe"])

@@ -272,9 +272,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
     if not spec.config.is_absolute():
         spec.config = (path.parent / spec.config).resolve()
     if not spec.config.is_file():
-        raise SweepError(
-            f"The base config {spec.config} (config: in {path}) does not exist"
-        )
+        raise SweepError(f"The base config {spec.config} (config: in {path}) does not exist")
     return spec
 
 
@@ -308,12 +306,13 @@ def _candidates(spec: SweepSpec) -> list[dict[str, Any]]:
     return out
 
 
-def check_sweep(spec: SweepSpec) -> None:
+def check_sweep(spec: SweepSpec, sweep_dir: str | Path | None = None) -> None:
     """Check every param and the objective against the config schema, and the storage URL.
 
     Runs each candidate configuration (every grid combination; range ends) through the
-    config loader with the exact ``--set`` values a trial gets, so a trial cannot fail on a
-    config error after others have run.
+    config loader and the pre-training checks (``engine.validate``) with the exact ``--set``
+    values a trial gets (run folders under ``sweep_dir`` when given), so a trial cannot fail
+    on a config error after others have run. Writes nothing.
 
     Raises:
         SweepError: naming the param value (or objective, or URL) and what to do.
@@ -335,11 +334,14 @@ def check_sweep(spec: SweepSpec) -> None:
             f"objective {spec.objective!r} is not one of the base config's evaluation.metrics "
             f"({', '.join(metrics)}); choose one of them or add it there"
         )
+    from rightfocus.engine.validate import validate_experiment
+
     for params in _candidates(spec):
-        overrides = Trial(params).runs(spec.folds)[0].overrides
+        run = Trial(params).runs(spec.folds)[0]
+        overrides = run.overrides if sweep_dir is None else _run_overrides(run, spec, sweep_dir)
         try:
-            load_config(spec.config, set_args(overrides))
-        except ConfigError as err:
+            validate_experiment(load_config(spec.config, set_args(overrides)))
+        except ValueError as err:  # ConfigError, UserError
             shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
             raise SweepError(
                 f"Sweep param values {{{shown}}} give an invalid config: {_one_line(err)}"
@@ -437,23 +439,37 @@ def _describe(spec: SweepSpec, log: Callable[[str], None]) -> list[Trial]:
 
 
 def _storage(spec: SweepSpec, sweep_dir: Path) -> optuna.storages.RDBStorage:
+    """Open (and on first use create) the study database.
+
+    Workers starting together on a fresh database race to create Optuna's tables; the
+    losers see a unique-key / already-exists error and retry once the winner is done.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
     url = storage_url(spec.storage) if spec.storage else None
     url = url or f"sqlite:///{(sweep_dir / 'sweep.db').resolve()}"
-    try:
-        return optuna.storages.RDBStorage(
-            url,
-            heartbeat_interval=spec.heartbeat_interval,
-            grace_period=spec.grace_period,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=spec.max_retry
-            ),
-        )
-    except Exception as err:  # sqlalchemy / driver errors: unreachable host, bad password, ...
-        from sqlalchemy.engine import make_url
-
-        shown = make_url(url).render_as_string(hide_password=True)
-        cause = _one_line(getattr(err, "orig", None) or err)
-        raise SweepError(f"Cannot open the sweep storage {shown}: {cause}") from None
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=spec.heartbeat_interval,
+                grace_period=spec.grace_period,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=spec.max_retry
+                ),
+            )
+        except (IntegrityError, ProgrammingError) as err:
+            if attempt == 4:
+                error: Exception = err
+                break
+            time.sleep(0.5 * (attempt + 1))
+        except Exception as err:  # sqlalchemy / driver errors: unreachable host, password, ...
+            error = err
+            break
+    shown = make_url(url).render_as_string(hide_password=True)
+    cause = _one_line(str(getattr(error, "orig", None) or error))
+    raise SweepError(f"Cannot open the sweep storage {shown}: {cause}") from None
 
 
 def _sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
@@ -515,20 +531,20 @@ def _default_runner(config: Path, overrides: dict[str, Any]) -> int:
 Runner = Callable[[Path, dict[str, Any]], int]
 
 
-def _experiment(spec: SweepSpec, sweep_dir: Path) -> str:
-    return spec.study_name or sweep_dir.name
+def _experiment(spec: SweepSpec, sweep_dir: str | Path) -> str:
+    return spec.study_name or Path(sweep_dir).name
 
 
 def _run_dir(spec: SweepSpec, sweep_dir: Path, run: Run) -> Path:
     return sweep_dir / "runs" / _experiment(spec, sweep_dir) / run.name
 
 
-def _run_overrides(run: Run, spec: SweepSpec, sweep_dir: Path) -> dict[str, Any]:
+def _run_overrides(run: Run, spec: SweepSpec, sweep_dir: str | Path) -> dict[str, Any]:
     return {
         **run.overrides,
         "experiment": _experiment(spec, sweep_dir),
         "run": run.name,
-        "runs_dir": str(sweep_dir / "runs"),
+        "runs_dir": str(Path(sweep_dir) / "runs"),
     }
 
 
@@ -575,8 +591,8 @@ def run_sweep(
         SweepError: invalid sweep (nothing is written), unreachable storage, or every trial
             failed.
     """
-    check_sweep(spec)
     sweep_dir = Path(sweep_dir)
+    check_sweep(spec, sweep_dir)
     if dry_run:
         return SweepResult(planned=_describe(spec, log))
     with warnings.catch_warnings():
@@ -657,11 +673,18 @@ def _next_trial(study: optuna.Study, spec: SweepSpec) -> Any:
     return _WAIT if running else None
 
 
-def _configuration(trial: optuna.Trial, spec: SweepSpec) -> Trial:
+def _configuration(study: optuna.Study, trial: optuna.Trial, spec: SweepSpec) -> Trial:
+    """The trial's configuration; LookupError when another trial already covers it."""
     if spec.sampler == "grid":
         key = trial.user_attrs.get(KEY)
         if key is None:  # another worker took the last queued trial first
             raise LookupError
+        # workers starting together may queue a configuration twice: the lowest number runs
+        states = optuna.trial.TrialState
+        live = (states.WAITING, states.RUNNING, states.COMPLETE)
+        for other in study.get_trials(deepcopy=False, states=live):
+            if other.number < trial.number and other.user_attrs.get(KEY) == key:
+                raise LookupError
         return Trial(json.loads(key))
     t = Trial(dict(trial.params))
     trial.set_user_attr(KEY, t.key)
@@ -679,7 +702,7 @@ def _run_trial(
     """Run every fold of one configuration; its value is the mean validation objective."""
     states = optuna.trial.TrialState
     try:
-        config = _configuration(trial, spec)
+        config = _configuration(study, trial, spec)
     except LookupError:
         study.tell(trial, state=states.PRUNED)
         return
