@@ -138,6 +138,7 @@ def build_dataset(config: Config, split: str) -> Dataset[Any]:
 
     d = config.data
     options = dict(d.options)
+    store = options.pop("feedback_store", None)  # masks from `rightfocus studio` (train only)
     if d.variant is not None:
         options["variant"] = d.variant
     factory = DATASETS.get(d.dataset)
@@ -150,7 +151,12 @@ def build_dataset(config: Config, split: str) -> Dataset[Any]:
         **options,
     )
     limit = d.max_train if split == "train" else d.max_test
-    return _subset(dataset, limit, d.seed)
+    dataset = _subset(dataset, limit, d.seed)
+    if store is not None and split == "train":
+        from rightfocus.data.feedback import FeedbackOverlay
+
+        dataset = FeedbackOverlay(dataset, store)
+    return dataset
 
 
 class ExperimentData(pl.LightningDataModule):
