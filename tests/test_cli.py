@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,15 +12,11 @@ from typer.testing import CliRunner
 
 from rightfocus.cli import app
 
-sys.path.insert(0, str(Path(__file__).parent / "engine"))
-import engine_standins
-
 runner = CliRunner()
 
 
 @pytest.fixture(autouse=True)
-def _standins() -> None:
-    engine_standins.install()
+def _one_thread() -> None:
     torch.set_num_threads(1)
 
 

@@ -1,17 +1,8 @@
-"""Run ``rightfocus`` in a child process with metric stand-ins for modules still missing."""
+"""Run the ``rightfocus`` command line in a child process (``python engine_cli_child.py ...``)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-import engine_standins
-
-engine_standins.install()
-
-from rightfocus.cli import main  # noqa: E402
+from rightfocus.cli import main
 
 if __name__ == "__main__":
     main()
