@@ -89,3 +89,20 @@ def test_bad_input() -> None:
         FeedbackSubset(ds, keep_fraction=1.5)
     with pytest.raises(ValueError, match="non-negative"):
         class_balanced_weights([0, -1])
+
+
+def test_stratified_folds_keep_class_proportions() -> None:
+    labels = np.array([0] * 30 + [1] * 12 + [2] * 6)
+    rng = np.random.default_rng(0)
+    labels = labels[rng.permutation(labels.size)]
+    vals = []
+    for fold in range(3):
+        tr, va = kfold_split(labels.size, 3, fold, seed=5, labels=labels)
+        assert set(tr).isdisjoint(va) and len(tr) + len(va) == labels.size
+        assert np.bincount(labels[va]).tolist() == [10, 4, 2]  # a third of every class
+        vals.append(va)
+    assert sorted(np.concatenate(vals).tolist()) == list(range(labels.size))
+    with pytest.raises(ValueError, match="fewer than the 4 folds"):
+        kfold_split(7, 4, 0, seed=0, labels=[0, 0, 0, 0, 1, 1, 1])
+    with pytest.raises(ValueError, match="3 entries for 4 samples"):
+        kfold_split(4, 2, 0, seed=0, labels=[0, 1, 0])

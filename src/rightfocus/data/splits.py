@@ -26,18 +26,28 @@ __all__ = [
 ]
 
 
-def kfold_split(n: int, k: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def kfold_split(
+    n: int,
+    k: int,
+    fold: int,
+    seed: int,
+    labels: Sequence[int] | np.ndarray | Tensor | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices ``(train_idx, val_idx)`` of fold ``fold`` of a seeded k-fold split of ``range(n)``.
 
-    The permutation of ``range(n)`` depends only on ``(n, seed)``, so the ``k`` folds of one
-    seed are disjoint and their validation parts cover ``range(n)``. Fold sizes differ by at
-    most one. Both arrays are sorted int64.
+    scikit-learn's shuffled ``KFold`` (or ``StratifiedKFold`` when ``labels`` are given, so
+    every fold keeps the class proportions) with ``random_state=seed``: the folds depend only on
+    ``(n, seed)`` (and the labels), the ``k`` folds of one seed are disjoint and their
+    validation parts cover ``range(n)``. Fold sizes differ by at most one. Both arrays are
+    sorted int64.
 
     Example:
         >>> tr, va = kfold_split(10, 3, 0, seed=0)
         >>> len(tr), len(va), sorted(set(tr) | set(va)) == list(range(10))
         (6, 4, True)
     """
+    from sklearn.model_selection import KFold, StratifiedKFold  # slow to import: used here only
+
     for name, value in (("n", n), ("k", k), ("fold", fold), ("seed", seed)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
             raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -47,11 +57,21 @@ def kfold_split(n: int, k: int, fold: int, seed: int) -> tuple[np.ndarray, np.nd
         raise ValueError(f"cannot split {n} samples into {k} folds: need n >= k")
     if not 0 <= fold < k:
         raise ValueError(f"fold must be in [0, {k - 1}], got {fold}")
-    perm = np.random.default_rng(seed).permutation(n)
-    parts = np.array_split(perm, k)
-    val = np.sort(parts[fold]).astype(np.int64)
-    train = np.sort(np.concatenate([p for i, p in enumerate(parts) if i != fold])).astype(np.int64)
-    return train, val
+    if labels is None:
+        splits = KFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(n))
+    else:
+        y = _labels_array(labels)
+        if y.shape[0] != n:
+            raise ValueError(f"labels has {y.shape[0]} entries for {n} samples")
+        smallest = int(np.bincount(y)[np.unique(y)].min())
+        if smallest < k:
+            raise ValueError(
+                f"a class has only {smallest} samples, fewer than the {k} folds: lower the "
+                "number of folds or split without labels (not stratified)"
+            )
+        splits = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(n), y)
+    train, val = next(s for i, s in enumerate(splits) if i == fold)
+    return np.sort(train).astype(np.int64), np.sort(val).astype(np.int64)
 
 
 def fold_subsets(dataset: Dataset[Any], k: int, fold: int, seed: int) -> tuple[Subset, Subset]:

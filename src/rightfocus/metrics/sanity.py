@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torchmetrics.functional import spearman_corrcoef
 
 from rightfocus.metrics.explanation import magnitude
 
@@ -21,12 +22,14 @@ Explainer = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
 
 def spearman(a: Tensor, b: Tensor) -> Tensor:
-    """Spearman rank correlation between the rows of ``a`` and ``b`` (``(B, N)`` -> ``(B,)``)."""
-    ra = a.argsort(dim=1).argsort(dim=1).double()
-    rb = b.argsort(dim=1).argsort(dim=1).double()
-    ra = ra - ra.mean(dim=1, keepdim=True)
-    rb = rb - rb.mean(dim=1, keepdim=True)
-    return (ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1) + 1e-12)
+    """Spearman rank correlation between the rows of ``a`` and ``b`` (``(B, N)`` -> ``(B,)``).
+
+    Pearson correlation of the ranks, ties sharing their average rank (torchmetrics'
+    ``spearman_corrcoef``, which correlates columns: hence the transposes).
+    """
+    if a.dim() != 2 or a.shape != b.shape:
+        raise ValueError(f"a and b must both be (B, N), got {tuple(a.shape)} and {tuple(b.shape)}")
+    return spearman_corrcoef(a.double().T, b.double().T).view(-1)
 
 
 @dataclass
