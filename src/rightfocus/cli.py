@@ -216,9 +216,13 @@ def train_cmd(
     Example: rightfocus train configs/decoy_mnist_color_lenet.yaml --set optim.lr=1e-3 --set run=lr3
     """
     from rightfocus.engine.config import load_config
-    from rightfocus.engine.run import run_experiment
+    from rightfocus.engine.validate import validate_experiment
 
     cfg = load_config(config, set_ or [])
+    validate_experiment(cfg)  # before importing Lightning: user errors come fast
+
+    from rightfocus.engine.run import run_experiment
+
     metrics = run_experiment(cfg, quiet=quiet)
     if metrics:
         console.print(_metrics_table(f"Test metrics ({cfg.run_dir})", metrics))
@@ -341,7 +345,9 @@ def report_cmd(
 
 @app.command("reproduce")
 def reproduce_cmd(
-    experiment: str = typer.Argument(..., help="decoy-mnist (offline), isic, pets or sbd."),
+    experiment: str = typer.Argument(
+        ..., help="decoy-mnist or active-feedback (offline), isic, pets, sbd or proxy-attention."
+    ),
     quick: bool = typer.Option(False, "--quick", help="Fewer epochs: about 6 minutes on 2 cores."),
     out: str = typer.Option(None, help="Runs folder (default: runs/reproduce-<experiment>)."),
     root: str = typer.Option(None, help="Dataset folder for isic / pets / sbd."),
@@ -395,6 +401,32 @@ def _paper_table(title: str, table: Any) -> Table:
         ]
         out.add_row(str(row), str(metric), *cells)
     return out
+
+
+@app.command("studio")
+def studio_cmd(
+    run: str = typer.Argument(None, help="A finished run folder (config.yaml + checkpoints/)."),
+    config: str = typer.Option(
+        None, "--config", help="Config file (instead of RUN, with --checkpoint)."
+    ),
+    checkpoint: str = typer.Option(None, "--checkpoint", help="Checkpoint file for --config."),
+    store: str = typer.Option(None, help="Feedback store folder (default: <run>/feedback)."),
+    host: str = typer.Option(
+        "127.0.0.1", help="Address to bind; other than loopback needs a token."
+    ),
+    port: int = typer.Option(8765, help="Port (0: any free port)."),
+    who: str = typer.Option("", help="Annotator name recorded with every saved mask."),
+) -> None:
+    """Start the feedback studio: queue, inspect, paint masks, retrain and compare in a browser.
+
+    Example: rightfocus studio runs/decoy_mnist_position/lenet_bayes_feedback
+    """
+    from rightfocus.studio import StudioSession, serve
+
+    if (run is None) == (config is None) or (config is not None and checkpoint is None):
+        raise UserError("give a run folder, or --config FILE with --checkpoint FILE")
+    session = StudioSession(run, config=config, checkpoint=checkpoint, store=store, who=who)
+    serve(session, host=host, port=port, announce=console.print)
 
 
 @app.command("version")

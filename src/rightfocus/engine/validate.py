@@ -257,6 +257,24 @@ def _check_class_weights(config: Config, num_classes: int) -> None:
         )
 
 
+def _plain_model(config: Config) -> Any:
+    """The configured architecture without weights files or conversions (X-DNN and Bayesian
+    conversions keep every convolution), built cheaply to look up its layers."""
+    import rightfocus.data
+    import rightfocus.models  # noqa: F401
+    from rightfocus._registry import DATASETS, MODELS
+
+    meta = DATASETS.metadata(config.data.dataset)
+    m = config.model
+    kwargs: dict[str, Any] = {
+        "num_classes": meta["num_classes"],
+        "in_channels": meta["in_channels"],
+        "image_size": config.data.image_size or meta["image_size"],
+        **m.options,
+    }
+    return MODELS.get(m.name)(**kwargs)
+
+
 def _check_attribution(config: Config) -> None:
     """The ``overlap`` attribution must fit the model (a CAM needs a convolution layer)."""
     if "overlap" not in config.evaluation.metrics:
@@ -268,9 +286,7 @@ def _check_attribution(config: Config) -> None:
     method, options = attribution_method(config)
     if not METHODS.metadata(method).get("needs_layer"):
         return
-    from rightfocus.engine.run import build_model
-
-    model = build_model(config)
+    model = _plain_model(config)
     try:
         resolve_layer(model, options.get("layer"))
     except ValueError as err:
