@@ -595,10 +595,15 @@ def run_sweep(
     check_sweep(spec, sweep_dir)
     if dry_run:
         return SweepResult(planned=_describe(spec, log))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        warnings.filterwarnings("ignore", message="Heartbeat of storage")
-        return _sweep(spec, sweep_dir, runner or _default_runner, log)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress: the log lines below
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            return _sweep(spec, sweep_dir, runner or _default_runner, log)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 def _sweep(
@@ -813,15 +818,15 @@ def _best(chosen: dict[str, Any], spec: SweepSpec, sweep_dir: Path) -> dict[str,
 
 def _child(argv: Sequence[str]) -> int:
     """``python -m rightfocus.engine.sweep CONFIG --set k=v ...``: train (or resume) the run,
-    then evaluate its selected checkpoint on the validation split (``metrics_val.json``)."""
-    from rightfocus.engine.checkpoint import CheckpointError
-    from rightfocus.engine.config import ConfigError, load_config
-    from rightfocus.engine.run import RunConflictError, evaluate_run, run_experiment
+    then evaluate its selected checkpoint on the validation split (``metrics_val.json``).
+    A user error is one ``error: ...`` line on stderr and exit code 2, as in the CLI."""
+    from rightfocus.engine.config import load_config
+    from rightfocus.engine.run import evaluate_run, run_experiment
+    from rightfocus.errors import user_message
 
     if not argv or len(argv) % 2 != 1 or any(a != "--set" for a in argv[1::2]):
-        print(
-            "usage: python -m rightfocus.engine.sweep CONFIG [--set key=value]...", file=sys.stderr
-        )
+        usage = "usage: python -m rightfocus.engine.sweep CONFIG [--set key=value]..."
+        print(usage, file=sys.stderr)
         return 2
     try:
         config = load_config(argv[0], list(argv[2::2]))
@@ -830,8 +835,11 @@ def _child(argv: Sequence[str]) -> int:
             return 0
         if not (config.run_dir / VAL_METRICS_FILE).is_file():
             evaluate_run(config.run_dir, split="val")
-    except (ConfigError, RunConflictError, CheckpointError, FileNotFoundError) as err:
-        print(f"Error: {_one_line(err)}", file=sys.stderr)
+    except Exception as err:
+        message = user_message(err)
+        if message is None:  # a bug: keep the traceback
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
     return 0
 
