@@ -30,6 +30,7 @@ from rightfocus._io import (
 from rightfocus.engine.checkpoint import (
     AtomicCheckpointIO,
     CheckpointError,
+    ResumeCheckpoint,
     check_resume_checkpoint,
     load_checkpoint,
 )
@@ -73,6 +74,17 @@ def _config(tmp_path: Path, run: str = "r", **sections: dict) -> dict:
     for key, value in sections.items():
         raw[key] = {**raw.get(key, {}), **value}
     return raw
+
+
+_save_step_checkpoint = ResumeCheckpoint.on_train_batch_end
+
+
+def _stop_after_first_checkpoint(self, trainer, *args):  # type: ignore[no-untyped-def]
+    """A crash right after the step checkpoint of step 1 (then the run resumes from it)."""
+    _save_step_checkpoint(self, trainer, *args)
+    if trainer.global_step == 1:
+        assert load_checkpoint(self.path)["global_step"] == 1
+        raise RuntimeError("killed")
 
 
 # --- per-epoch reshuffling ------------------------------------------------------------------
@@ -302,26 +314,19 @@ def test_a_run_that_never_trained_does_not_pin_its_config(
 def test_bf16_mixed_trains_validates_and_resumes_on_cpu(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rightfocus.engine.timing import StepTimer
-
     cfg = load_config_dict(
         _config(
             tmp_path,
             data={"batch_size": 20},
             trainer={"precision": "bf16-mixed", "accelerator": "cpu", "deterministic": True},
+            model={"bayesian": True},  # MC mean of bf16 softmaxes missed summing to 1 by 1e-3
+            evaluation={"val_mc_samples": 3, "mc_samples": 3},
         )
     )
     before = torch.are_deterministic_algorithms_enabled()
 
-    end = StepTimer.on_train_batch_end
-
-    def stop_after_first_step(self, *args):  # type: ignore[no-untyped-def]
-        end(self, *args)
-        if self.steps == 1:
-            raise RuntimeError("killed")
-
     with monkeypatch.context() as m:
-        m.setattr(StepTimer, "on_train_batch_end", stop_after_first_step)
+        m.setattr(ResumeCheckpoint, "on_train_batch_end", _stop_after_first_checkpoint)
         with pytest.raises(RuntimeError, match="killed"):
             run_experiment(cfg, quiet=True)
     assert torch.are_deterministic_algorithms_enabled() == before  # not left set by the run
@@ -350,3 +355,27 @@ def test_ctrl_c_says_the_same_command_resumes(
     assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
     signal.signal(signal.SIGINT, handler)
     assert not (cfg.run_dir / "metrics.json").exists()
+
+
+def test_seeded_counterexample_noise_continues_after_a_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    guidance = {"guidance": [{"name": "counterexamples", "seed": 7}]}
+
+    def config(run: str):  # type: ignore[no-untyped-def]
+        raw = _config(tmp_path, run, data={"batch_size": 15, "folds": 1, "max_train": 45})
+        return load_config_dict(raw | guidance)
+
+    run_experiment(config("full"), quiet=True)
+    with monkeypatch.context() as m:
+        m.setattr(ResumeCheckpoint, "on_train_batch_end", _stop_after_first_checkpoint)
+        with pytest.raises(RuntimeError, match="killed"):
+            run_experiment(config("resumed"), quiet=True)
+    run_experiment(config("resumed"), quiet=True)
+    weights = [
+        load_checkpoint(tmp_path / "runs" / "validity" / r / "checkpoints" / "last.ckpt")
+        for r in ("full", "resumed")
+    ]
+    assert weights[0]["global_step"] == weights[1]["global_step"] == 3
+    for k, v in weights[0]["state_dict"].items():
+        assert torch.equal(v, weights[1]["state_dict"][k]), k

@@ -188,9 +188,30 @@ class GuidedModule(pl.LightningModule):
 
     # --- checkpoint state -----------------------------------------------------------------------
 
+    def _guidance_generators(self) -> dict[str, torch.Generator]:
+        """Private random generators of the guidance methods (e.g. seeded counterexample
+        noise), keyed ``"<index>.<attribute>"``."""
+        return {
+            f"{i}.{name}": value
+            for i, g in enumerate(self.guidance)
+            for name, value in vars(g).items()
+            if isinstance(value, torch.Generator)
+        }
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rightfocus_rng"] = rng_state()
+        checkpoint["rightfocus_guidance_rng"] = {
+            key: {"state": gen.get_state(), "device": str(gen.device)}
+            for key, gen in self._guidance_generators().items()
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the global RNGs and the guidance generators, so a resumed run draws the
+        same random numbers as an uninterrupted one."""
         if "rightfocus_rng" in checkpoint:
             set_rng_state(checkpoint["rightfocus_rng"])
+        for key, saved in checkpoint.get("rightfocus_guidance_rng", {}).items():
+            index, name = key.split(".", 1)
+            gen = torch.Generator(device=saved["device"])
+            gen.set_state(saved["state"])
+            setattr(self.guidance[int(index)], name, gen)
