@@ -17,10 +17,12 @@ from rightfocus import DATASETS
 from rightfocus._io import atomic_write_json
 from rightfocus.bayes import mc_predict
 from rightfocus.bayes.layers import MAX_RHO_INIT, BayesConv2d, BayesLinear
+from rightfocus.data.base import MaskedTensorDataset
 from rightfocus.errors import UserError, one_line, user_message
 from rightfocus.metrics.calibration import fit_temperature
 from rightfocus.metrics.classification import UndefinedMetricWarning, classification_report
 from rightfocus.metrics.explanation import overlap, pointing_game
+from rightfocus.metrics.uncertainty import accuracy_rejection_curve
 
 
 def test_overlap_refuses_a_0_255_mask_and_accepts_soft_masks() -> None:
@@ -129,3 +131,12 @@ def test_user_messages_are_one_line() -> None:
     clash = RuntimeError("Error(s) in loading state_dict for LeNet:\n\tsize mismatch for fc.w")
     assert "saved from another model" in str(user_message(clash))
     assert "\n" not in str(user_message(clash))
+
+
+def test_in_memory_0_255_masks_and_nan_uncertainty_are_refused() -> None:
+    images, labels = torch.zeros(2, 1, 4, 4), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match=r"got \[255, 255\]; divide 0/255 masks by 255"):
+        MaskedTensorDataset(images, labels, torch.full((2, 1, 4, 4), 255.0))
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+    with pytest.raises(ValueError, match="uncertainty contains NaN"):
+        accuracy_rejection_curve(probs, labels, torch.tensor([0.1, float("nan")]))

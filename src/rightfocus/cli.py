@@ -50,12 +50,12 @@ class _Group(TyperGroup):
             return super().invoke(ctx)
         except (typer.Exit, typer.TyperException, typer.Abort):
             raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as err:  # Ctrl-C (the engine's RunInterrupted says more)
             if _debug_enabled():
                 raise
             command = ctx.invoked_subcommand or ""
             again = " run the same command again to resume" if command in _RESUMABLE else ""
-            _print_error(f"interrupted;{again or ' nothing was lost'}")
+            _print_error(str(err) or f"interrupted;{again or ' nothing was lost'}")
             raise typer.Exit(130) from None
         except Exception as err:
             message = user_message(err)

@@ -126,6 +126,20 @@ def test_oxford_pet_mask_is_background(tmp_path: Path) -> None:
     )
 
 
+def test_oxford_pet_corrupt_trimap_and_image_name_the_file(tmp_path: Path) -> None:
+    _pet(tmp_path)
+    base = tmp_path / "oxford-iiit-pet"
+    tri = base / "annotations" / "trimaps" / "Abyssinian_1.png"
+    tri.write_bytes(tri.read_bytes()[:20])
+    img = base / "images" / "american_bulldog_10.jpg"
+    img.write_bytes(b"not a jpeg")
+    ds = DATASETS.get("oxford_pet")(split="train", root=str(tmp_path), **RAW)
+    with pytest.raises(ValueError, match=r"trimap file .*Abyssinian_1\.png cannot be read"):
+        ds[0]
+    with pytest.raises(ValueError, match=r"image file .*american_bulldog_10\.jpg cannot be read"):
+        ds[1]
+
+
 def test_oxford_pet_missing_and_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="download=True"):
         DATASETS.get("oxford_pet")(root=str(tmp_path))

@@ -61,6 +61,11 @@ class MaskedTensorDataset(Dataset[tuple[Tensor, Tensor, Tensor]]):
             raise ValueError(
                 f"masks must be ({n}, 1, {h}, {w}) to match images, got {tuple(masks.shape)}"
             )
+        elif masks.numel() and (float(masks.min()) < 0 or float(masks.max()) > 1):
+            raise ValueError(
+                f"masks must hold values in [0, 1] (1 = must not be used), got "
+                f"[{float(masks.min()):g}, {float(masks.max()):g}]; divide 0/255 masks by 255"
+            )
         self.images = images.to(torch.float32)
         self.labels = labels.to(torch.int64)
         self.masks = masks.to(torch.float32)

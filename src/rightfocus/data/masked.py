@@ -28,6 +28,7 @@ from rightfocus.data.folders import (
 )
 from rightfocus.data.splits import class_weights
 from rightfocus.data.transforms import IMAGENET_NORMALIZATION, MASK_EXTENSIONS
+from rightfocus.errors import UserError
 
 __all__ = ["ISIC", "SBD_CLASS_IDS", "OxfordPetMasks", "SBDMasks"]
 
@@ -147,8 +148,16 @@ class OxfordPetMasks(PairedImageDataset):
 
     def _load(self, index: int) -> tuple[Image.Image, int, np.ndarray | None]:
         trimap_path = self.base._segs[index]
-        with Image.open(trimap_path) as im:
-            trimap = np.asarray(im)
+        try:
+            with Image.open(trimap_path) as im:
+                trimap = np.asarray(im)
+        except (OSError, SyntaxError) as err:
+            if isinstance(err, FileNotFoundError | PermissionError):
+                raise
+            raise UserError(
+                f"trimap file {trimap_path} cannot be read: it is corrupt or truncated ({err})",
+                hint="restore it from the Oxford-IIIT-Pet annotations archive",
+            ) from None
         if trimap.ndim != 2 or not np.isin(np.unique(trimap), (1, 2, 3)).all():
             raise ValueError(
                 f"{trimap_path} is not an Oxford-IIIT-Pet trimap (values 1 = pet, "

@@ -35,6 +35,8 @@ def accuracy_rejection_curve(
     y = check_labels(y, probs.shape[0], probs.shape[1]).to(probs.device)
     if uncertainty.shape != y.shape:
         raise ValueError(f"uncertainty must be ({len(y)},), got {tuple(uncertainty.shape)}")
+    if not bool(torch.isfinite(uncertainty).all()):
+        raise ValueError("uncertainty contains NaN or Inf values; its ranking would be arbitrary")
     if fractions is None:
         fractions = torch.linspace(1.0, 0.1, 10)
     correct = (probs.argmax(1) == y).double()[uncertainty.argsort()]
