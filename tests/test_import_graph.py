@@ -21,7 +21,7 @@ import rightfocus
 SRC = Path(rightfocus.__file__).resolve().parent
 
 LAYERS: list[set[str]] = [
-    {"_io", "_registry", "_modules", "hooks", "errors", "configs"},  # foundation
+    {"_io", "_registry", "_modules", "hooks", "errors", "configs", "_images"},  # foundation
     {"bayes"},
     {"attribution", "data", "models"},
     {"metrics", "analysis"},
@@ -37,6 +37,9 @@ EXCEPTIONS = {
     # the Guidance.callbacks hook builds the Lightning callback the engine installs; imported
     # inside the hook so that `import rightfocus` does not import Lightning
     ("rightfocus.guidance.proxy_attention", "rightfocus.engine.callbacks"),
+    # training on the masks people painted: the overlay reads the feedback store (a folder of
+    # masks that itself depends only on _io)
+    ("rightfocus.data.feedback", "rightfocus.feedback.store"),
 }
 
 

@@ -27,9 +27,9 @@ from abc import abstractmethod
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rightfocus._images import gaussian_blur
 from rightfocus.attribution.base import Attribution, broadcast_baseline, register_method
 from rightfocus.attribution.targets import Target, fix_target, select
 
@@ -90,16 +90,6 @@ def slic_segments(image: Tensor, n_segments: int, options: dict[str, Any] | None
     return torch.as_tensor(labels, dtype=torch.long, device=image.device)
 
 
-def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
-    radius = max(1, math.ceil(3 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-(t**2) / (2 * sigma**2))
-    k = (k / k.sum()).repeat(x.shape[1], 1, 1, 1)
-    pad = F.pad(x, (radius, radius, radius, radius), mode="replicate")
-    out = F.conv2d(pad, k.view(-1, 1, 1, 2 * radius + 1), groups=x.shape[1])
-    return F.conv2d(out, k.view(-1, 1, 2 * radius + 1, 1), groups=x.shape[1])
-
-
 def fill_baseline(
     x: Tensor, labels: Tensor, fill: str | float | Tensor, blur_sigma: float = 3.0
 ) -> Tensor:
@@ -115,7 +105,7 @@ def fill_baseline(
         if fill == "mean":
             return x.mean(dim=(2, 3), keepdim=True).expand_as(x)
         if fill == "blur":
-            return _gaussian_blur(x, blur_sigma)
+            return gaussian_blur(x, blur_sigma)
         if fill == "superpixel_mean":
             B, C = x.shape[:2]
             idx = labels.unsqueeze(1).expand(B, C, -1)

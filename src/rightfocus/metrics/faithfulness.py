@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rightfocus import hooks
+from rightfocus._images import gaussian_blur
 from rightfocus.metrics.explanation import magnitude
 
 __all__ = ["PerturbationCurve", "baseline_image", "deletion", "insertion", "log_odds_change"]
@@ -39,14 +39,7 @@ def baseline_image(x: Tensor, kind: str = "zero", blur_sigma: float = 5.0) -> Te
     if kind == "mean":
         return x.mean(dim=(2, 3), keepdim=True).expand_as(x).clone()
     if kind == "blur":
-        radius = max(1, int(3 * blur_sigma))
-        t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-        k = torch.exp(-(t**2) / (2 * blur_sigma**2))
-        k = k / k.sum()
-        c = x.shape[1]
-        pad = F.pad(x, (radius, radius, radius, radius), mode="replicate")
-        out = F.conv2d(pad, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-        return F.conv2d(out, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+        return gaussian_blur(x, blur_sigma)
     raise ValueError(f"baseline must be 'zero', 'mean' or 'blur', got {kind!r}")
 
 
