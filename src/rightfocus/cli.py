@@ -267,14 +267,16 @@ def explain_cmd(
     _check_split(split)
     check_methods(method or ["gradcam"], "--method")
     if out:
-        check_writable(out, "--out")
+        check_writable(out, "--out", is_file=True)
     path = explain_run(run, methods=method or ["gradcam"], n=n, split=split, out=out)
     console.print(f"Attribution grid written to {path}")
 
 
 @app.command("sweep")
 def sweep_cmd(
-    sweep_file: str = typer.Argument(..., help="Sweep YAML: base config, params, folds, sampler."),
+    sweep_file: str = typer.Argument(
+        ..., help="Sweep YAML (base config, params, folds, sampler) or a shipped one's name."
+    ),
     out: str = typer.Option(None, help="Sweep folder (default: sweeps/<file name>)."),
     storage: str = typer.Option(
         None, help="Optuna storage URL shared by many workers (default: SQLite in the folder)."

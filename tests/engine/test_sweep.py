@@ -325,6 +325,15 @@ def test_sweep_killed_mid_trial_resumes_with_every_configuration_once(tmp_path: 
     assert (tmp_path / "sweep" / BEST_FILE).is_file()
 
 
+def test_shipped_sweeps_load_by_name() -> None:
+    from rightfocus import configs
+
+    spec = load_sweep("sweeps/decoy_lambda")
+    assert spec.config == configs.path("decoy_mnist_color_lenet").resolve()
+    with pytest.raises(SweepError, match="shipped sweeps, usable by name: sweeps/decoy_lambda"):
+        load_sweep("sweeps/decoy_lambdaa")
+
+
 @pytest.mark.parametrize(
     "path",
     sorted((Path(__file__).parents[2] / "configs" / "sweeps").glob("*.yaml")),

@@ -224,7 +224,8 @@ def _pydantic_line(err: ValidationError) -> str:
 
 
 def load_sweep(path: str | Path) -> SweepSpec:
-    """Read a sweep file with the config loader (``1e-3`` is a float) and check its structure.
+    """Read a sweep file (or a shipped one by name, e.g. ``sweeps/decoy_lambda``) with the
+    config loader (``1e-3`` is a float) and check its structure.
 
     ``config`` is resolved relative to the file. :func:`check_sweep` checks the params and
     the objective against the config schema.
@@ -232,11 +233,16 @@ def load_sweep(path: str | Path) -> SweepSpec:
     Raises:
         SweepError: a missing or malformed file; the one-line message says what to change.
     """
+    from rightfocus import configs
     from rightfocus.engine.config import ConfigError, parse_yaml
 
-    path = Path(path)
+    path = configs.resolve(path)
     if not path.is_file():
-        raise SweepError(f"Sweep file {path} does not exist")
+        shipped = [n for n in configs.names() if n.startswith("sweeps/")]
+        raise SweepError(
+            f"Sweep file {path} does not exist (shipped sweeps, usable by name: "
+            f"{', '.join(shipped) or 'none'})"
+        )
     try:
         raw = parse_yaml(path.read_text(), str(path))
     except ConfigError as err:
