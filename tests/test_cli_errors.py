@@ -188,6 +188,30 @@ def test_train_validation_errors_in_process(
     assert _snapshot(data_dir) == before
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["explain", "RUN", "--method", "gradcan"], "(did you mean 'gradcam'?)"),
+        (["explain", "RUN", "--out", "FILE/x.png"], "FILE is a file, not a folder"),
+        (["explain", "RUN", "--n", "0"], "'--n'"),
+        (["evaluate", "RUN", "--split", "train"], "--split 'train' is not a split of a run"),
+        (["evaluate", "RUN"], "RUN is not a run folder: it has no config.yaml"),
+        (["list", "foo"], "choose one of all, datasets, guidance, methods, models"),
+        (["train"], "Missing argument 'config'"),
+        (["trian"], "No such command 'trian'"),
+    ],
+)
+def test_command_options_are_checked_first(tmp_path: Path, args: list[str], expected: str) -> None:
+    (tmp_path / "FILE").write_text("x")
+    before = _snapshot(tmp_path)
+    args = [a.replace("RUN", str(tmp_path)).replace("FILE", str(tmp_path / "FILE")) for a in args]
+    result = _invoke(args)
+    assert result.exit_code == 2, result.output
+    line = _one_error_line(result.stderr)
+    assert expected.replace("RUN", str(tmp_path)).replace("FILE", str(tmp_path / "FILE")) in line
+    assert _snapshot(tmp_path) == before
+
+
 def test_empty_class_folder_and_missing_root(data_dir: Path) -> None:
     (data_dir / "data" / "c").mkdir()
     cfg = _write(data_dir, "c", _config(data_dir, "r"))
