@@ -69,6 +69,7 @@ def training_step(self: Any, batch: Any, batch_idx: int) -> Any:
             "batch": batch_idx,
             "y": y.tolist(),
             "xsum": round(float(x.double().sum()), 4),
+            "rank": self.global_rank,
         }
     )
     return _train_step(self, batch, batch_idx)

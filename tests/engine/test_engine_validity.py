@@ -379,3 +379,11 @@ def test_seeded_counterexample_noise_continues_after_a_resume(
     assert weights[0]["global_step"] == weights[1]["global_step"] == 3
     for k, v in weights[0]["state_dict"].items():
         assert torch.equal(v, weights[1]["state_dict"][k]), k
+
+
+def test_a_misspelled_variant_then_the_corrected_command(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="colour"):
+        run_experiment(load_config_dict(_config(tmp_path), ["data.variant=colour"]), quiet=True)
+    with pytest.warns(UserWarning, match="never trained"):
+        metrics = run_experiment(load_config_dict(_config(tmp_path)), quiet=True)
+    assert set(metrics) >= {"accuracy", "nll"}
