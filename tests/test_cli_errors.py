@@ -323,3 +323,12 @@ def test_validate_refuses_gpu_and_too_many_folds_for_max_train(data_dir: Path) -
     }
     with pytest.raises(UserError, match=r"3 folds need at least 3 samples, but data\.max_train"):
         validate_experiment(load_config_dict(mnist))
+
+
+def test_options_a_model_factory_forwards_are_checked_by_a_build(data_dir: Path) -> None:
+    pytest.importorskip("timm")
+    cfg = _config(data_dir, "r")
+    cfg["model"] = {"name": "convnext_atto", "options": {"num_classes": 2, "colour": 1}}
+    cfg["evaluation"] = {"metrics": ["accuracy"]}
+    with pytest.raises(UserError, match="model 'convnext_atto' has no option 'colour'"):
+        validate_experiment(load_config_dict(cfg))

@@ -224,7 +224,9 @@ def _check_classes(config: Config, meta: dict[str, Any], data_classes: int | Non
     from rightfocus._registry import MODELS
 
     m = config.model
-    _check_options("model.options", "model", m.name, MODELS.get(m.name), set(), dict(m.options))
+    forwards = _check_options(
+        "model.options", "model", m.name, MODELS.get(m.name), set(), dict(m.options)
+    )
     model_classes = m.options.get("num_classes", meta.get("num_classes"))
     if model_classes is None:
         found = f" (the data has {data_classes} classes)" if data_classes else ""
@@ -239,6 +241,17 @@ def _check_classes(config: Config, meta: dict[str, Any], data_classes: int | Non
             f"model.options.num_classes is {model_classes} but the data has {data_classes} classes",
             hint=f"set model.options.num_classes: {data_classes}",
         )
+    if forwards and m.options:  # the factory passes options on: only a build can tell
+        try:
+            _plain_model(config)
+        except TypeError as err:
+            key = _unexpected_keyword(err)
+            if key is None:
+                raise
+            raise UserError(
+                f"model.options: model {m.name!r} has no option {key!r}",
+                hint="remove it; see the model's documentation for its options",
+            ) from None
     return int(model_classes)
 
 
