@@ -478,10 +478,52 @@ def _storage(spec: SweepSpec, sweep_dir: Path) -> optuna.storages.RDBStorage:
     raise SweepError(f"Cannot open the sweep storage {shown}: {cause}") from None
 
 
+class _TrialSeeded(optuna.samplers.BaseSampler):
+    """Random or TPE draws seeded by ``(seed, trial number, param)``.
+
+    One seeded sampler per worker would repeat the same draws in every worker and in every
+    rerun of the command; seeding each draw by its trial's number keeps a sweep reproducible
+    and makes trials asked at the same time by two workers (different numbers) differ.
+    TPE (Bergstra et al. 2011, "Algorithms for Hyper-Parameter Optimization") reads the
+    finished trials from the study, so a fresh instance per draw loses nothing.
+    """
+
+    def __init__(self, kind: str, seed: int) -> None:
+        self._kind, self._seed = kind, seed
+
+    def _inner(self, number: int, name: str) -> optuna.samplers.BaseSampler:
+        text = f"{self._seed}/{number}/{name}".encode()
+        seed = int(hashlib.sha1(text).hexdigest()[:8], 16)
+        if self._kind == "tpe":
+            return optuna.samplers.TPESampler(seed=seed)
+        return optuna.samplers.RandomSampler(seed=seed)
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: optuna.trial.FrozenTrial
+    ) -> dict[str, optuna.distributions.BaseDistribution]:
+        return {}
+
+    def sample_relative(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        search_space: dict[str, optuna.distributions.BaseDistribution],
+    ) -> dict[str, Any]:
+        return {}
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        param_name: str,
+        param_distribution: optuna.distributions.BaseDistribution,
+    ) -> Any:
+        inner = self._inner(trial.number, param_name)
+        return inner.sample_independent(study, trial, param_name, param_distribution)
+
+
 def _sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
-    if spec.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=spec.seed)
-    return optuna.samplers.RandomSampler(seed=spec.seed)
+    return _TrialSeeded(spec.sampler, spec.seed)
 
 
 class _Heartbeat:
@@ -633,18 +675,43 @@ def _sweep(
     planned = plan_trials(spec) if spec.sampler == "grid" else None
     if planned is not None:
         _enqueue_grid(study, planned)
+    waiting = False
     while True:
         optuna.storages.fail_stale_trials(study)
         trial = _next_trial(study, spec)
         if trial is None:
             break
         if trial is _WAIT:  # another worker's trial runs (or went stale and will be re-queued)
+            if not waiting:
+                log(
+                    "waiting for trials running elsewhere (a dead worker's trial is retried "
+                    f"{spec.grace_period} s after its last heartbeat)"
+                )
+            waiting = True
             time.sleep(spec.heartbeat_interval)
             continue
+        waiting = False
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-        with _Heartbeat(storage, trial_id, spec.heartbeat_interval):
-            _run_trial(study, spec, trial, sweep_dir, run, log)
+        try:
+            with _Heartbeat(storage, trial_id, spec.heartbeat_interval):
+                _run_trial(study, spec, trial, sweep_dir, run, log)
+        except BaseException:  # Ctrl-C: requeue the trial now, not after the grace period
+            _requeue(study, trial, spec)
+            raise
     return _result(study, spec, sweep_dir, planned, log)
+
+
+def _requeue(study: optuna.Study, trial: optuna.Trial, spec: SweepSpec) -> None:
+    """Give an interrupted trial up (FAIL, not counted as failed) and queue its configuration
+    again, so the next run of the same command starts with it."""
+    states = optuna.trial.TrialState
+    try:
+        key = trial.user_attrs.get(KEY)
+        study.tell(trial, state=states.FAIL)
+        if key is not None and spec.sampler != "grid":  # grid: requeued from the plan
+            study.enqueue_trial(dict(trial.params), user_attrs={KEY: key})
+    except Exception:  # best effort: the heartbeat retry covers it otherwise
+        pass
 
 
 def _enqueue_grid(study: optuna.Study, planned: Sequence[Trial]) -> None:
