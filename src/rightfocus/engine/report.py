@@ -26,6 +26,7 @@ import pandas as pd
 import yaml
 
 from rightfocus._io import atomic_write_text
+from rightfocus.viz._save import pyplot, save_figure
 
 __all__ = [
     "best_run",
@@ -184,13 +185,7 @@ def training_curves(run_dir: str | Path, tags: Iterable[str] | None = None) -> p
 
 
 def _curves_figure(runs: pd.DataFrame, out: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    from rightfocus._io import atomic_path
-
+    plt = pyplot()
     tags = ("train/loss", "val/acc", "val/balanced_accuracy")
     series = []
     for _, run in runs.iterrows():
@@ -211,10 +206,7 @@ def _curves_figure(runs: pd.DataFrame, out: Path) -> Path | None:
     if len(series) <= 12:
         axes[0][0].legend(fontsize=6)
     fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=90, fmt="png")
 
 
 def _img_tag(path: Path) -> str:

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rightfocus._io import atomic_path
+from rightfocus.data.transforms import denormalize
+from rightfocus.viz._save import save_figure
 
 __all__ = ["batch_figure"]
 
@@ -18,18 +19,7 @@ __all__ = ["batch_figure"]
 def _unnormalize(
     images: Tensor, normalization: tuple[Sequence[float], Sequence[float]] | None
 ) -> Tensor:
-    x = images.detach().to(torch.float32).cpu()
-    if normalization is not None:
-        mean, std = (
-            torch.as_tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in normalization
-        )
-        if mean.shape[1] not in (1, x.shape[1]) or std.shape[1] not in (1, x.shape[1]):
-            raise ValueError(
-                f"normalization has {mean.shape[1]} means / {std.shape[1]} stds for "
-                f"{x.shape[1]}-channel images; pass one value per channel"
-            )
-        x = x * std + mean
-    return x.clamp(0.0, 1.0)
+    return denormalize(images.detach().to(torch.float32).cpu(), normalization).clamp(0.0, 1.0)
 
 
 def _check(images: Tensor, masks: Tensor, labels: Sequence[object] | Tensor | None) -> None:
@@ -96,7 +86,4 @@ def batch_figure(
             label = labels[i]
             ax.set_title(str(label.item() if isinstance(label, Tensor) else label), fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
+    return save_figure(fig, path, dpi=dpi, fmt="png")

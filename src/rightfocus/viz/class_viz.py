@@ -8,7 +8,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from rightfocus.viz.figures import _plt, _save
+from rightfocus.viz._save import pyplot, save_figure
 from rightfocus.viz.heatmap import _image
 
 __all__ = ["class_visualization_figure"]
@@ -32,7 +32,7 @@ def class_visualization_figure(
         raise ValueError("images is empty; pass at least one image")
     if columns < 1:
         raise ValueError(f"columns must be a positive int, got {columns!r}")
-    plt = _plt()
+    plt = pyplot()
     cols = min(columns, k)
     rows = math.ceil(k / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.7 * rows), squeeze=False)
@@ -42,4 +42,4 @@ def class_visualization_figure(
             ax.imshow(_image(images[i]), cmap="gray", vmin=0, vmax=1)
             ax.set_title(str(labels[i]), fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

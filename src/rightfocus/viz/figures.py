@@ -5,38 +5,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from rightfocus._io import atomic_path
 from rightfocus.metrics.calibration import ReliabilityData
+from rightfocus.viz._save import pyplot, save_figure
 from rightfocus.viz.heatmap import _image, to_heatmap
 
 __all__ = ["cka_heatmap", "explanation_uncertainty_figure", "reliability_diagram"]
 
 
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: str | Path, dpi: int = 100) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
-    _plt().close(fig)
-    return path
-
-
 def reliability_diagram(data: ReliabilityData, path: str | Path, title: str = "") -> Path:
     """Bars of per-bin accuracy against the diagonal of perfect calibration, with the ECE."""
-    plt = _plt()
+    plt = pyplot()
     edges = data.edges.double().cpu()
     lo, hi = edges[:-1], edges[1:]
     has = data.count.cpu() > 0
@@ -60,14 +42,14 @@ def reliability_diagram(data: ReliabilityData, path: str | Path, title: str = ""
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def explanation_uncertainty_figure(
     images: Tensor, mean: Tensor, std: Tensor, path: str | Path, titles: Sequence[str] = ()
 ) -> Path:
     """One row per image: the image, the mean attribution and its per-pixel std over samples."""
-    plt = _plt()
+    plt = pyplot()
     n = images.shape[0]
     fig, axes = plt.subplots(n, 3, figsize=(4.8, 1.6 * n), squeeze=False)
     for i in range(n):
@@ -81,14 +63,14 @@ def explanation_uncertainty_figure(
     for ax in axes.flat:
         ax.set_axis_off()
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def cka_heatmap(
     matrix: Tensor, path: str | Path, rows: Sequence[str] = (), cols: Sequence[str] = ()
 ) -> Path:
     """Heatmap of a layer-by-layer CKA matrix."""
-    plt = _plt()
+    plt = pyplot()
     m = torch.as_tensor(matrix).double().cpu().numpy()
     fig, ax = plt.subplots(figsize=(1 + 0.5 * m.shape[1], 1 + 0.5 * m.shape[0]))
     im = ax.imshow(m, vmin=0, vmax=1, cmap="magma")
@@ -97,4 +79,4 @@ def cka_heatmap(
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title("linear CKA", fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
+from rightfocus.viz._save import pyplot, save_figure
+
 __all__ = ["attribution_grid", "to_heatmap"]
 
 
@@ -40,13 +42,7 @@ def attribution_grid(
 
     The file is written atomically (temporary file, then rename).
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    from rightfocus._io import atomic_path
-
+    plt = pyplot()
     n = images.shape[0]
     for name, attr in attributions.items():
         if attr.shape[0] != n:
@@ -66,8 +62,4 @@ def attribution_grid(
     for ax in axes.flat:
         ax.set_axis_off()
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=dpi)
