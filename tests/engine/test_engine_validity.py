@@ -387,3 +387,18 @@ def test_a_misspelled_variant_then_the_corrected_command(tmp_path: Path) -> None
     with pytest.warns(UserWarning, match="never trained"):
         metrics = run_experiment(load_config_dict(_config(tmp_path)), quiet=True)
     assert set(metrics) >= {"accuracy", "nll"}
+
+
+def test_evaluate_refuses_a_run_that_is_being_trained(tmp_path: Path) -> None:
+    from rightfocus.engine.run import evaluate_run
+
+    cfg = load_config_dict(_config(tmp_path))
+    metrics = run_experiment(cfg, quiet=True)
+    holder = _hold_lock(cfg.run_dir / ".lock")
+    try:
+        with pytest.raises(RunLockedError, match=f"process {holder.pid}"):
+            evaluate_run(cfg.run_dir, "test")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert evaluate_run(cfg.run_dir, "test") == pytest.approx(metrics)

@@ -535,7 +535,11 @@ def load_run(run_dir: str | Path) -> tuple[Config, nn.Module]:
 
 def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, float]:
     """Recompute a run's metrics on ``split`` ("test" or "val") and write them
-    (``metrics.json`` for test, ``metrics_val.json`` for val)."""
+    (``metrics.json`` for test, ``metrics_val.json`` for val).
+
+    Raises:
+        RunLockedError: a process is training the run (its metrics would be overwritten).
+    """
     if split not in ("test", "val"):
         raise ValueError(f"split must be 'test' or 'val', got {split!r}")
     run_dir = Path(run_dir)
@@ -543,17 +547,18 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, float]:
     dm = ExperimentData(config)
     from rightfocus.engine.evaluate import evaluate_model
 
-    if split == "test":
-        dm.setup("test")
-        loader = dm.test_dataloader()
-    else:
-        dm.setup("fit")
-        if dm.val_dataset is None:
-            raise ValueError("This run has no validation split (data.folds is 1)")
-        loader = dm.eval_loader(dm.val_dataset)
-    metrics = evaluate_model(model, loader, config)
-    name = METRICS_FILE if split == "test" else f"metrics_{split}.json"
-    atomic_write_json(run_dir / name, metrics)
+    with _run_lock(run_dir):
+        if split == "test":
+            dm.setup("test")
+            loader = dm.test_dataloader()
+        else:
+            dm.setup("fit")
+            if dm.val_dataset is None:
+                raise ValueError("This run has no validation split (data.folds is 1)")
+            loader = dm.eval_loader(dm.val_dataset)
+        metrics = evaluate_model(model, loader, config)
+        name = METRICS_FILE if split == "test" else f"metrics_{split}.json"
+        atomic_write_json(run_dir / name, metrics)
     return metrics
 
 
