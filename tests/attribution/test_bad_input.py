@@ -84,8 +84,8 @@ def test_target_out_of_range(name, model, x):
 def test_target_wrong_length_or_dtype(name, model, x):
     with pytest.raises(ValueError, match=r"shape \(2,\) to match the batch, got \(3,\)"):
         run(name, model, x, torch.tensor([0, 1, 2]))
-    with pytest.raises(ValueError, match=r"shape \(2,\)"):
-        run(name, model, x, torch.tensor([[0], [1]]))
+    with pytest.raises(ValueError, match=r"shape \(2,\)"):  # (B, K) is several targets
+        run(name, model, x, torch.tensor([[[0]], [[1]]]))
     with pytest.raises(TypeError, match=r"integer class indices, got torch.float32"):
         run(name, model, x, torch.tensor([0.0, 1.0]))
     with pytest.raises(TypeError, match="target must be"):

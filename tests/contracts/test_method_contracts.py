@@ -196,3 +196,39 @@ NOT_DIFFERENTIABLE = [n for n in NAMES if not METHODS.get(n).differentiable]
 def test_non_differentiable_methods_refuse_create_graph(name):
     with pytest.raises((TypeError, ValueError)):
         METHODS.get(name)(**options(name, create_graph=True))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_several_targets_equal_separate_calls(name):
+    """A (B, K) class target gives (B, K, ...) = the K single-target calls, stacked; a list of
+    class lists is the same call."""
+    model, x, _ = model_and_batch(batch=3)
+    targets = torch.tensor([[0, 2, 3], [1, 1, 0], [3, 0, 2]])
+    method = make(name)
+    multi = method(model, x, targets)
+    separate = torch.stack([method(model, x, targets[:, k]) for k in range(3)], dim=1)
+    assert multi.shape == separate.shape, (tuple(multi.shape), tuple(separate.shape))
+    scale = float(separate.abs().max()) + 1e-12
+    torch.testing.assert_close(multi, separate, rtol=1e-7, atol=1e-9 * scale)
+    torch.testing.assert_close(method(model, x, targets.tolist()), multi, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_several_targets_on_a_multi_label_model(name):
+    """Sigmoid (multi-label) outputs: each sample's positive classes in one call."""
+    model, x, _ = model_and_batch(batch=2)
+    multilabel = nn.Sequential(model, nn.Sigmoid()).eval()
+    if name == "cam":
+        pytest.skip("CAM needs the Linear head to produce the outputs (no sigmoid after it)")
+    labels = [[0, 3], [2, 1]]
+    attr = make(name)(multilabel, x, labels)
+    assert attr.shape[:2] == (2, 2) and bool(torch.isfinite(attr).all())
+    single = make(name)(multilabel, x[1:], torch.tensor([1]))
+    scale = float(single.abs().max()) + 1e-12
+    torch.testing.assert_close(attr[1, 1], single[0], rtol=1e-7, atol=1e-9 * scale)
+
+
+def test_ragged_class_lists_are_refused():
+    model, x, _ = model_and_batch(batch=2)
+    with pytest.raises(ValueError, match="same number of target classes"):
+        make("saliency")(model, x, [[0, 1], [2]])

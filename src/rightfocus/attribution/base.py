@@ -1,17 +1,28 @@
 """The attribution pipeline shared by every method: validation, model scoping, registration.
 
-Contract (DESIGN.md): ``Method(**options)(model, x, target) -> Tensor`` with ``x`` of shape
+Contract: ``Method(**options)(model, x, target) -> Tensor`` with ``x`` of shape
 ``(B, C, H, W)``; input-space methods return ``(B, C, H, W)`` (or ``(B, 1, H, W)`` when they
 reduce channels), CAMs return ``(B, 1, H, W)``; same device and dtype as ``x``. Sample i's
-attribution never depends on the other samples in the batch (models in eval mode).
+attribution never depends on the other samples in the batch (models in eval mode). With
+several targets per sample (a ``(B, K)`` class tensor) the result gains a target axis,
+``(B, K, C, H, W)`` / ``(B, K, 1, H, W)``.
+
+Images per forward pass: methods that evaluate many copies of a batch (IG path points, noise
+draws, occluded / masked images, coalitions) take one option, ``internal_batch_size``, an int
+or ``"auto"`` (the default), resolved by :func:`images_per_pass` from a memory budget
+(:func:`memory_budget`).
 """
 
 from __future__ import annotations
 
+import math
+import os
+import re
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import ExitStack
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, Union
 
 import torch
 from torch import Tensor, nn
@@ -19,9 +30,20 @@ from torch import Tensor, nn
 from rightfocus import hooks
 from rightfocus._registry import METHODS
 from rightfocus.attribution.outputs import OutputSelector, selected_outputs
-from rightfocus.attribution.targets import Target, check_target, select
+from rightfocus.attribution.targets import Target, check_target, multi_target, select
 
-__all__ = ["Attribution", "attribute", "check_input", "input_gradient", "register_method"]
+__all__ = [
+    "MEMORY_BUDGET_ENV",
+    "Attribution",
+    "attribute",
+    "check_input",
+    "images_per_pass",
+    "input_gradient",
+    "memory_budget",
+    "pass_size_option",
+    "register_method",
+    "target_gradients",
+]
 
 A = TypeVar("A", bound="type[Attribution]")
 
@@ -83,17 +105,31 @@ class Attribution(ABC):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
         x = check_input(x)
         check_target(target, x.shape[0])
+        targets = multi_target(target, x.shape[0])
         use_eval = (not self.create_graph) if self.eval_mode is None else self.eval_mode
         with ExitStack() as stack:
             stack.enter_context(selected_outputs(model, output))
             stack.enter_context(hooks.eval_mode(model, enabled=use_eval))
             stack.enter_context(hooks.frozen_parameters(model, enabled=not self.create_graph))
-            result = self._attribute(model, x, target)
+            if targets is None:
+                result = self._attribute(model, x, target)
+            else:
+                result = self._attribute_multi(model, x, targets.to(x.device))
         return result if self.create_graph else _detached(result)
 
     @abstractmethod
     def _attribute(self, model: nn.Module, x: Tensor, target: Target) -> Any:
         """Compute the attribution of validated ``x`` for ``target`` on the scoped model."""
+
+    def _attribute_multi(self, model: nn.Module, x: Tensor, targets: Tensor) -> Any:
+        """Attributions for the ``(B, K)`` classes ``targets``: ``(B, K, ...)``.
+
+        The generic fallback: one :meth:`_attribute` call per target column, stacked on a new
+        axis 1 (tuples, e.g. ``(attribution, delta)``, element-wise). Methods that can share
+        their forward passes across targets override this.
+        """
+        parts = [self._attribute(model, x, targets[:, k]) for k in range(targets.shape[1])]
+        return stack_targets(parts)
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
@@ -114,22 +150,178 @@ def broadcast_baseline(baseline: float | Tensor | None, x: Tensor) -> Tensor:
         ) from None
 
 
+def stack_targets(parts: list[Any]) -> Any:
+    """Stack per-target results ``[(B, ...)] * K`` into ``(B, K, ...)`` (tuples element-wise)."""
+    if isinstance(parts[0], tuple):
+        return tuple(stack_targets([p[i] for p in parts]) for i in range(len(parts[0])))
+    return torch.stack(parts, dim=1)
+
+
 PASS_ELEMENTS = 2**19
-"""Default budget of input elements per forward pass for methods that evaluate many copies of
-a batch (IG path points, noise draws): moderate batches keep activations in cache, which is
-faster on CPU than one huge pass (measured: LeNet-5 IG at 50 steps, 512 images per pass run
-1.35x faster than all 12,800 at once) and bounds memory on large images."""
+"""Speed cap of the ``auto`` pass size, in input elements per forward pass: moderate batches
+keep activations in cache, which is faster on CPU than one huge pass (measured: LeNet-5 IG at
+50 steps, 512 images per pass run 1.35x faster than all 12,800 at once)."""
+
+MEMORY_BUDGET_ENV = "RIGHTFOCUS_MEMORY_BUDGET"
+MEMORY_SHARE_CPU = 0.25
+"""Default budget on CPU: this share of the available memory (``MemAvailable``)."""
+MEMORY_SHARE_CUDA = 0.5
+"""Default budget on CUDA: this share of the device's free memory."""
+
+ACTIVATION_RATIO = 256
+"""Bytes of activations per byte of input assumed before measuring: above what common CNNs
+keep for backward (ResNet-18 at 224x224: about 60x), so passes below ``budget / 256`` input
+bytes skip the measurement."""
+
+PassSize = Union[int, str, None]  # noqa: UP007
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30}
 
 
-def steps_per_pass(internal_batch_size: int | None, batch: int, n: int, sample_numel: int) -> int:
-    """How many of ``n`` copies of a ``batch`` to evaluate per pass (at least one).
+def parse_bytes(value: int | float | str) -> int:
+    """``2GB``, ``512 MB``, ``1.5g`` or a number of bytes -> bytes (binary units)."""
+    if isinstance(value, bool):
+        raise TypeError("A memory budget is a number of bytes or a string such as '2GB'")
+    if isinstance(value, (int, float)):
+        number, unit = float(value), ""
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
+        if match is None or match.group(2).lower() not in _UNITS:
+            raise ValueError(
+                f"Cannot read the memory budget {value!r}: use bytes or a size such as '2GB', "
+                "'512MB'"
+            )
+        number, unit = float(match.group(1)), match.group(2).lower()
+    if not number > 0 or not math.isfinite(number):
+        raise ValueError(f"A memory budget must be positive, got {value!r}")
+    return int(number * _UNITS[unit])
 
-    ``internal_batch_size`` caps the images per pass; ``None`` picks
-    ``max(batch, PASS_ELEMENTS // sample_numel)`` images.
+
+def _available_cpu_bytes() -> int:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 * 2**30  # unknown platform: assume 4 GiB available
+
+
+def memory_budget(
+    budget: int | float | str | None = None, device: torch.device | None = None
+) -> int:
+    """Bytes the activations of one forward(+backward) pass may take.
+
+    ``budget`` (bytes or a string such as ``"2GB"``) wins; else the environment variable
+    ``RIGHTFOCUS_MEMORY_BUDGET``; else a safe share of what is free: ``MEMORY_SHARE_CPU`` of the
+    available RAM on CPU, ``MEMORY_SHARE_CUDA`` of the device's free memory on CUDA.
     """
-    if internal_batch_size is None:
-        internal_batch_size = max(batch, PASS_ELEMENTS // max(1, sample_numel))
-    return max(1, min(n, internal_batch_size // batch))
+    if budget is not None:
+        return parse_bytes(budget)
+    env = os.environ.get(MEMORY_BUDGET_ENV)
+    if env:
+        try:
+            return parse_bytes(env)
+        except ValueError as err:
+            raise ValueError(f"{MEMORY_BUDGET_ENV}={env!r}: {err}") from None
+    if device is not None and device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(MEMORY_SHARE_CUDA * free)
+    return int(MEMORY_SHARE_CPU * _available_cpu_bytes())
+
+
+def pass_size_option(value: PassSize, name: str = "internal_batch_size") -> int | str:
+    """Validate an images-per-pass option: a positive int or ``"auto"`` (``None`` = auto)."""
+    if value is None or value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int or 'auto', got {value!r}")
+    return value
+
+
+def renamed_option(options: dict[str, Any], old: str, new: str = "internal_batch_size") -> Any:
+    """Pop a deprecated option name from ``options`` with a DeprecationWarning."""
+    value = options.pop(old)
+    warnings.warn(
+        f"{old!r} is deprecated; use {new!r} (images per forward pass, or 'auto')",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return value
+
+
+def activation_bytes(model: nn.Module, x: Tensor) -> int:
+    """Bytes the autograd graph keeps for one forward of ``x`` (one image is enough).
+
+    Every tensor saved for the backward pass is counted once (parameters and buffers excluded),
+    plus the outputs: what a forward+backward pass holds at its peak besides the model itself.
+    Passes without autograd hold less, so this also bounds them.
+    """
+
+    def key(t: Tensor) -> tuple[int, int]:
+        return (t.data_ptr(), t.numel() * t.element_size())
+
+    seen = {key(t) for t in [*model.parameters(), *model.buffers()]}  # already in memory
+    total = 0
+
+    def pack(t: Tensor) -> Tensor:
+        nonlocal total
+        if key(t) not in seen:
+            seen.add(key(t))
+            total += key(t)[1]
+        return t
+
+    inp = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(inp)
+    total += out.numel() * out.element_size()
+    return max(total, x.numel() * x.element_size())
+
+
+def images_per_pass(
+    option: int | str, model: nn.Module, x: Tensor, budget: int | float | str | None = None
+) -> int:
+    """Images per forward pass: ``option`` itself when it is an int, else the ``auto`` policy.
+
+    ``auto`` = ``min(max(B, PASS_ELEMENTS // numel(image)), budget // activation_bytes(image))``,
+    at least 1: the whole batch or a cache-friendly number of images, whichever is larger,
+    shrunk when the activations of that many images would not fit the memory budget
+    (:func:`memory_budget`). The activation size is measured with one forward of one image,
+    only when that many images could exceed the budget at ``ACTIVATION_RATIO`` times their
+    input size. When fewer than ``B`` images fit, methods split the batch.
+    """
+    if isinstance(option, int):
+        return option
+    speed = max(x.shape[0], PASS_ELEMENTS // max(1, x[0].numel()))
+    allowed = memory_budget(budget, x.device)
+    if speed * x[0].numel() * x.element_size() * ACTIVATION_RATIO <= allowed:
+        return speed  # fits even at an extreme activation size: no measurement needed
+    per_image = activation_bytes(model, x[:1])
+    return max(1, min(speed, allowed // per_image))
+
+
+def copies_per_pass(images: int, batch: int, n: int) -> int:
+    """Copies of a ``batch`` per pass when ``images`` fit in a pass (1..n)."""
+    return max(1, min(n, images // batch))
+
+
+def split_batch(fn: Callable[[Tensor, Any], Any], x: Tensor, target: Any, size: int) -> Any:
+    """Run ``fn(x_part, target_part)`` on consecutive sub-batches of ``size`` images and
+    concatenate (methods are batch-independent, so the result is the same as one call)."""
+    parts = []
+    for start in range(0, x.shape[0], size):
+        sl = slice(start, start + size)
+        tgt = target[sl] if isinstance(target, Tensor) and target.dim() >= 1 else target
+        parts.append(fn(x[sl], tgt))
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat([p[i] for p in parts]) for i in range(len(parts[0])))
+    return torch.cat(parts)
 
 
 def input_gradient(
@@ -147,8 +339,41 @@ def input_gradient(
     inp = x if (create_graph and x.requires_grad) else x.detach().requires_grad_(True)
     outputs = (forward or model)(inp)
     scores = select(outputs, target)
+    if scores.dim() == 2:
+        return target_gradients(scores, inp, create_graph)
     (grad,) = torch.autograd.grad(scores.sum(), inp, create_graph=create_graph)
     return grad
+
+
+def target_gradients(scores: Tensor, inp: Tensor, create_graph: bool = False) -> Tensor:
+    """``d scores[:, k] / d inp`` for every column ``k`` of ``(N, K)`` scores from ONE forward
+    pass: ``(N, K, *inp.shape[1:])``.
+
+    The K vector-Jacobian products run batched (``torch.autograd.grad(...,
+    is_grads_batched=True)``, vmap over the backward pass); where an operation of the model
+    has no batching rule, they run one after another on the retained graph. Either way the
+    forward pass is shared by the K targets.
+    """
+    K = scores.shape[1]
+    eye = torch.eye(K, dtype=scores.dtype, device=scores.device)
+    cotangents = eye[:, None, :].expand(K, scores.shape[0], K)
+    if K > 1 and not create_graph:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # vmap performance notices
+                (grads,) = torch.autograd.grad(
+                    scores, inp, cotangents, retain_graph=True, is_grads_batched=True
+                )
+            return grads.transpose(0, 1)
+        except RuntimeError:
+            pass  # no batching rule for some operation: one VJP per target below
+    grads_k = []
+    for k in range(K):
+        (g,) = torch.autograd.grad(
+            scores[:, k].sum(), inp, retain_graph=k < K - 1, create_graph=create_graph
+        )
+        grads_k.append(g)
+    return torch.stack(grads_k, dim=1)
 
 
 def register_method(name: str) -> Callable[[A], A]:

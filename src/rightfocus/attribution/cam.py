@@ -25,7 +25,13 @@ from torch import Tensor, nn
 
 from rightfocus import hooks
 from rightfocus._modules import default_layer, grid_layout, resolve_layer
-from rightfocus.attribution.base import Attribution, register_method
+from rightfocus.attribution.base import (
+    Attribution,
+    images_per_pass,
+    pass_size_option,
+    register_method,
+    renamed_option,
+)
 from rightfocus.attribution.gradient import GuidedBackprop
 from rightfocus.attribution.targets import Target, fix_target, select
 
@@ -366,14 +372,17 @@ class ScoreCAM(_CAM):
       in how strongly the best channels dominate.
 
     With a callable target, its score replaces the class probability (no softmax). All
-    ``B * K`` masked forwards run without autograd in chunks of ``batch_size`` images
-    (default: about 2**18 input values, at least 4 images, per chunk: small chunks stay in
-    the CPU cache). A map that is constant at the layer's resolution has no min-max scaling;
-    its mask is 0 and its score that of the zero image, computed once. Forward passes only:
-    not differentiable.
+    ``B * K`` masked forwards run under ``torch.inference_mode`` in chunks of
+    ``internal_batch_size`` images (``"auto"``: about 2**18 input values, at least 4 images,
+    per chunk, as small chunks stay in the CPU cache, and within the memory budget of
+    :func:`rightfocus.attribution.base.images_per_pass`). A map that is constant at the layer's
+    resolution has no min-max scaling; its mask is 0 and its score that of the zero image,
+    computed once. Several class targets (a ``(B, T)`` tensor) are scored from the same masked
+    forwards. Forward passes only: not differentiable.
 
     Args:
-        weighting: see above. batch_size: masked images per forward pass.
+        weighting: see above. internal_batch_size: masked images per forward pass
+            (``batch_size`` is its deprecated name). memory_budget: bytes for ``auto``.
         align_corners: of the bilinear mask upsampling (default False, as the authors' code;
             pytorch-grad-cam uses True).
         **options: the common CAM options (see :class:`GradCAM`; ``create_graph`` must be False).
@@ -385,10 +394,13 @@ class ScoreCAM(_CAM):
         self,
         *,
         weighting: str = "probability",
-        batch_size: int | None = None,
+        internal_batch_size: int | str | None = "auto",
+        memory_budget: int | str | None = None,
         align_corners: bool = False,
         **options: Any,
     ) -> None:
+        if "batch_size" in options:
+            internal_batch_size = renamed_option(options, "batch_size")
         if options.get("create_graph"):
             raise ValueError("scorecam uses forward passes only; it cannot take create_graph=True")
         super().__init__(**options)
@@ -396,10 +408,9 @@ class ScoreCAM(_CAM):
             raise ValueError(
                 f"weighting must be one of {', '.join(_SCORE_RULES)}, got {weighting!r}"
             )
-        if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
-            raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
         self.weighting = weighting
-        self.batch_size = batch_size
+        self.internal_batch_size = pass_size_option(internal_batch_size)
+        self.memory_budget = memory_budget
         self.align_corners = align_corners
 
     def _score(self, outputs: Tensor, target: Tensor | Any) -> Tensor:
@@ -413,14 +424,19 @@ class ScoreCAM(_CAM):
             acts = F.interpolate(acts, size=size, mode="bilinear", align_corners=self.align_corners)
         return _minmax(acts)
 
-    def _chunk(self, x: Tensor) -> int:
-        """Masked images per forward pass: ``batch_size`` or ~2**18 input values (>= 4)."""
-        return self.batch_size or max(4, 2**18 // x[0].numel())
+    def _chunk(self, model: nn.Module, x: Tensor) -> int:
+        """Masked images per forward pass: ``internal_batch_size`` or ~2**18 input values
+        (>= 4) within the memory budget."""
+        if isinstance(self.internal_batch_size, int):
+            return self.internal_batch_size
+        fits = images_per_pass("auto", model, x[:1], self.memory_budget)
+        return max(1, min(max(4, 2**18 // x[0].numel()), fits))
 
     def _masked_scores(
         self, model: nn.Module, x: Tensor, acts: Tensor, target: Any, zero_out: Tensor
     ) -> Tensor:
-        """Scores ``(B, K)`` of every masked input ``X_b o H_k``, chunked over ``B * K``.
+        """Scores ``(B, K)`` (``(B, K, T)`` for ``(B, T)`` class targets) of every masked input
+        ``X_b o H_k``, chunked over ``B * K``.
 
         A map that is constant at the layer's resolution gives the mask 0 (min-max scaling is
         undefined there), so its masked input is 0 and its score is that of ``zero_out``.
@@ -429,19 +445,21 @@ class ScoreCAM(_CAM):
         size = (x.shape[-2], x.shape[-1])
         flat = acts.reshape(B * K, 1, *acts.shape[-2:])
         constant = flat.amax(dim=(1, 2, 3)) == flat.amin(dim=(1, 2, 3))
-        scores = torch.empty(B * K, dtype=zero_out.dtype, device=x.device)
+        extra = tuple(target.shape[1:]) if isinstance(target, Tensor) else ()
+        scores = torch.empty(B * K, *extra, dtype=zero_out.dtype, device=x.device)
         if bool(constant.any()):
             idx = constant.nonzero().squeeze(1)
             outputs = zero_out.expand(idx.shape[0], *zero_out.shape[1:])
             scores[idx] = self._score(outputs, _rows(target, idx // K)).to(scores.dtype)
         varying = (~constant).nonzero().squeeze(1)
-        chunk = self._chunk(x)
-        for start in range(0, varying.shape[0], chunk):
-            idx = varying[start : start + chunk]
-            owner = idx // K
-            outputs = model(x[owner] * self._masks(flat[idx], size))
-            scores[idx] = self._score(outputs, _rows(target, owner)).to(scores.dtype)
-        return scores.view(B, K)
+        chunk = self._chunk(model, x)
+        with torch.inference_mode():
+            for start in range(0, varying.shape[0], chunk):
+                idx = varying[start : start + chunk]
+                owner = idx // K
+                outputs = model(x[owner] * self._masks(flat[idx], size))
+                scores[idx] = self._score(outputs, _rows(target, owner)).to(scores.dtype)
+        return scores.view(B, K, *extra)
 
     def _raw_map(self, model: nn.Module, x: Tensor, target: Target, layer: nn.Module) -> Tensor:
         with torch.no_grad():
@@ -458,7 +476,14 @@ class ScoreCAM(_CAM):
                 weights = scores - self._score(base, fixed)[:, None]
             else:
                 weights = scores
+            if weights.dim() == 3:  # (B, K, T): one map per class target
+                return torch.einsum("bkt,bkhw->bthw", weights.to(acts.dtype), acts)
             return (weights[:, :, None, None].to(acts.dtype) * acts).sum(dim=1, keepdim=True)
+
+    def _attribute_multi(self, model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
+        """``(B, T, 1, H, W)`` maps for ``(B, T)`` class targets from one set of masked passes."""
+        maps = self._attribute(model, x, targets)  # (B, T, h, w) -> post-processed per map
+        return maps.unsqueeze(2)
 
 
 def _rows(target: Any, owner: Tensor) -> Any:

@@ -3,6 +3,8 @@ backpropagation and DeconvNet."""
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -13,9 +15,13 @@ from rightfocus import hooks
 from rightfocus.attribution.base import (
     Attribution,
     broadcast_baseline,
+    copies_per_pass,
+    images_per_pass,
     input_gradient,
+    parse_bytes,
+    pass_size_option,
     register_method,
-    steps_per_pass,
+    split_batch,
 )
 from rightfocus.attribution.targets import Target, fix_target, select
 
@@ -25,6 +31,7 @@ __all__ = [
     "InputXGradient",
     "IntegratedGradients",
     "Saliency",
+    "gauss_legendre",
     "riemann_steps",
 ]
 
@@ -64,8 +71,11 @@ class Saliency(_Gradient):
         if self.abs or self.reduce == "max":
             grad = grad.abs()
         if self.reduce == "max":
-            grad = grad.amax(dim=1, keepdim=True)
+            grad = grad.amax(dim=-3, keepdim=True)
         return grad
+
+    def _attribute_multi(self, model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
+        return self._attribute(model, x, targets)  # input_gradient shares the forward pass
 
 
 @register_method("input_x_gradient")
@@ -77,7 +87,58 @@ class InputXGradient(_Gradient):
     """
 
     def _attribute(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
-        return x * input_gradient(model, x, target, self.create_graph)
+        grad = input_gradient(model, x, target, self.create_graph)
+        return (x.unsqueeze(1) if grad.dim() == 5 else x) * grad
+
+    def _attribute_multi(self, model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
+        return self._attribute(model, x, targets)  # input_gradient shares the forward pass
+
+
+GL_EXACT_MAX = 100
+"""Up to this many points the Gauss-Legendre rule comes from numpy's ``leggauss``."""
+MAX_STEPS_WARN = 2_000
+MAX_STEPS = 100_000
+
+
+def gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss-Legendre nodes (ascending) and weights on [-1, 1] in O(n) memory.
+
+    Small ``n``: numpy's ``leggauss``. Larger ``n`` (whose companion-matrix eigenproblem costs
+    O(n^3) time and O(n^2) memory): Newton's method on ``theta`` with ``x = cos(theta)``,
+    started from Tricomi's asymptotic nodes
+    ``theta_k = pi (k - 1/4) / (n + 1/2)``, ``x_k ~ (1 - (n - 1) / (8 n^3)) cos(theta_k)``, and
+    ``P_n``, ``P_{n-1}`` from the three-term recurrence
+    ``(j + 1) P_{j+1} = (2j + 1) x P_j - j P_{j-1}``, vectorised over the nodes (O(n) memory,
+    O(n^2) arithmetic in n numpy steps). With ``dP_n/dtheta = n (x P_n - P_{n-1}) / sin(theta)``
+    the weights are ``w_k = 2 sin^2(theta_k) / (n (x_k P_n - P_{n-1}))^2`` (Abramowitz & Stegun
+    25.4.29; the same method as Press et al., "Numerical Recipes", ``gauleg``, in theta).
+    """
+    if n <= GL_EXACT_MAX:
+        return np.polynomial.legendre.leggauss(n)
+    m = (n + 1) // 2  # nodes with x >= 0; the rest by symmetry
+    k = np.arange(1, m + 1, dtype=np.float64)
+    x0 = (1 - (n - 1) / (8.0 * n**3)) * np.cos(np.pi * (k - 0.25) / (n + 0.5))
+    theta = np.arccos(x0)
+    last = np.inf
+    for _ in range(8):  # quadratic convergence from ~1e-6: 3-4 steps reach rounding level
+        x = np.cos(theta)
+        p_prev, p = np.ones_like(x), x.copy()
+        for j in range(1, n):
+            p_prev, p = p, ((2 * j + 1) * x * p - j * p_prev) / (j + 1)
+        step = p * np.sin(theta) / (n * (x * p - p_prev))  # P_n / (dP_n / dtheta)
+        theta = theta - step
+        size = float(np.abs(step).max())
+        if size < 1e-15 or size > 0.1 * last:  # converged, or only rounding noise is left
+            break
+        last = size
+    x = np.cos(theta)
+    p_prev, p = np.ones_like(x), x.copy()
+    for j in range(1, n):
+        p_prev, p = p, ((2 * j + 1) * x * p - j * p_prev) / (j + 1)
+    w = 2 * np.sin(theta) ** 2 / (n * (x * p - p_prev)) ** 2
+    # x descends from the largest node to the smallest x >= 0 (0 itself when n is odd)
+    lower = slice(None, -1) if n % 2 else slice(None)
+    return np.concatenate([-x[lower], x[::-1]]), np.concatenate([w[lower], w[::-1]])
 
 
 def riemann_steps(n_steps: int, method: str) -> tuple[list[float], list[float]]:
@@ -85,13 +146,30 @@ def riemann_steps(n_steps: int, method: str) -> tuple[list[float], list[float]]:
 
     ``riemann_left``: alpha_i = i/n; ``riemann_right``: (i+1)/n; ``riemann_middle``:
     (i+1/2)/n, all with w_i = 1/n; ``riemann_trapezoid``: alpha_i = i/(n-1) with weights
-    1/(n-1), halved at both ends; ``gausslegendre``: Gauss-Legendre nodes mapped to [0, 1].
+    1/(n-1), halved at both ends; ``gausslegendre``: Gauss-Legendre nodes mapped to [0, 1]
+    (:func:`gauss_legendre`).
     """
+    if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)):
+        raise TypeError(f"n_steps must be an int, got {n_steps!r}")
     if n_steps < 1:
         raise ValueError(f"n_steps must be >= 1, got {n_steps}")
-    n = n_steps
+    n = int(n_steps)
+    if n > MAX_STEPS:
+        raise ValueError(
+            f"n_steps={n} is more than {MAX_STEPS:,}: every step is one forward and one backward "
+            "pass per image, and the quadrature error stops shrinking long before (float32 "
+            "gradients); use a few hundred steps and check return_delta=True"
+        )
+    if n > MAX_STEPS_WARN:
+        warnings.warn(
+            f"n_steps={n} runs {n} forward and backward passes per image; Integrated Gradients "
+            "rarely needs more than a few hundred steps (check the completeness gap with "
+            "return_delta=True)",
+            UserWarning,
+            stacklevel=3,
+        )
     if method == "gausslegendre":
-        nodes, weights = np.polynomial.legendre.leggauss(n)
+        nodes, weights = gauss_legendre(n)
         return list(0.5 * (nodes + 1.0)), list(0.5 * weights)
     if method == "riemann_trapezoid":
         if n < 2:
@@ -110,21 +188,26 @@ def riemann_steps(n_steps: int, method: str) -> tuple[list[float], list[float]]:
 
 @register_method("integrated_gradients")
 class IntegratedGradients(_Gradient):
-    """Integrated Gradients (Sundararajan et al. 2017).
+    """Integrated Gradients (Sundararajan et al. 2017, "Axiomatic attribution for deep
+    networks").
 
     ``IG_i(x) = (x_i - x'_i) * int_0^1 dS_c(x' + a (x - x')) / dx_i da``, approximated by
     ``sum_k w_k grad(x' + a_k (x - x'))`` with the rule of :func:`riemann_steps`.
     Completeness: ``sum_i IG_i = S_c(x) - S_c(x')``; with ``return_delta=True`` the call returns
     ``(attribution, delta)`` where ``delta = sum_i IG_i - (S_c(x) - S_c(x'))`` per sample.
+    Several targets (a ``(B, K)`` class tensor) share every path forward pass.
 
     Args:
-        baseline: ``x'``; ``None`` (zeros), a number, or a tensor broadcastable to ``x``.
-        n_steps: quadrature points.
+        baseline: ``x'``; ``None`` (zeros), a number, or a tensor broadcastable to ``x``
+            (finite values only).
+        n_steps: quadrature points (an int; a warning above 2,000, refused above 100,000).
         integration: ``gausslegendre`` (default) or a Riemann rule (``riemann_left``,
             ``riemann_right``, ``riemann_middle``, ``riemann_trapezoid``); Captum calls this
             option ``method``, a name ``attribute(..., method=...)`` already uses.
-        internal_batch_size: at most this many path points per forward pass (at least one
-            step of the batch; default: about ``PASS_ELEMENTS`` input elements per pass).
+        internal_batch_size: path points (images) per forward pass, or ``"auto"`` (default:
+            see :func:`rightfocus.attribution.base.images_per_pass`).
+        memory_budget: bytes (or ``"2GB"``) for ``auto``; default: the environment variable
+            ``RIGHTFOCUS_MEMORY_BUDGET`` or a share of the free memory.
     """
 
     def __init__(
@@ -133,34 +216,62 @@ class IntegratedGradients(_Gradient):
         baseline: float | Tensor | None = None,
         n_steps: int = 50,
         integration: str = "gausslegendre",
-        internal_batch_size: int | None = None,
+        internal_batch_size: int | str | None = "auto",
+        memory_budget: int | str | None = None,
         return_delta: bool = False,
         create_graph: bool = False,
         eval_mode: bool | None = None,
     ) -> None:
         super().__init__(create_graph=create_graph, eval_mode=eval_mode)
         self.alphas, self.weights = riemann_steps(n_steps, integration)
-        if internal_batch_size is not None and internal_batch_size < 1:
-            raise ValueError(f"internal_batch_size must be >= 1, got {internal_batch_size}")
+        if isinstance(baseline, (int, float)) and not math.isfinite(baseline):
+            raise ValueError(f"baseline must be finite, got {baseline!r}")
+        if memory_budget is not None:
+            parse_bytes(memory_budget)
         self.baseline = baseline
         self.n_steps = n_steps
         self.integration = integration
-        self.internal_batch_size = internal_batch_size
+        self.internal_batch_size = pass_size_option(internal_batch_size)
+        self.memory_budget = memory_budget
         self.return_delta = return_delta
 
     def _baseline(self, x: Tensor) -> Tensor:
-        return broadcast_baseline(self.baseline, x)
+        base = broadcast_baseline(self.baseline, x)
+        if not bool(torch.isfinite(base).all()):
+            raise ValueError(
+                "baseline contains NaN or Inf values; Integrated Gradients needs a finite "
+                "reference input (e.g. zeros, a blurred image or the data mean)"
+            )
+        return base
 
     def _attribute(self, model: nn.Module, x: Tensor, target: Target) -> Any:
+        return self._attribute_multi(model, x, target, single=True)
+
+    def _attribute_multi(  # type: ignore[override]
+        self, model: nn.Module, x: Tensor, targets: Target, single: bool = False
+    ) -> Any:
         base = self._baseline(x)
         with torch.no_grad():
-            fixed = fix_target(model(x), target)
+            fixed = fix_target(model(x), targets)
+        K = fixed.shape[1] if isinstance(fixed, Tensor) and fixed.dim() == 2 else 1
+        images = images_per_pass(self.internal_batch_size, model, x, self.memory_budget)
+        images = max(1, images // K)
+        if images < x.shape[0]:
+            return split_batch(lambda xs, ts: self._integrate(model, xs, ts, images), x, fixed,
+                               images)  # fmt: skip
+        return self._integrate(model, x, fixed, images, base)
+
+    def _integrate(
+        self, model: nn.Module, x: Tensor, fixed: Any, images: int, base: Tensor | None = None
+    ) -> Any:
+        base = self._baseline(x) if base is None else base
         B = x.shape[0]
         alphas = torch.tensor(self.alphas, dtype=x.dtype, device=x.device)
         weights = torch.tensor(self.weights, dtype=x.dtype, device=x.device)
         diff = x - base
-        per_pass = steps_per_pass(self.internal_batch_size, B, self.n_steps, x[0].numel())
-        total = torch.zeros_like(x)
+        multi = isinstance(fixed, Tensor) and fixed.dim() == 2
+        per_pass = copies_per_pass(images, B, self.n_steps)
+        total: Tensor | None = None
         for start in range(0, self.n_steps, per_pass):
             a = alphas[start : start + per_pass]
             k = a.shape[0]
@@ -168,16 +279,26 @@ class IntegratedGradients(_Gradient):
             path = (base.unsqueeze(0) + a.view(k, 1, 1, 1, 1) * diff.unsqueeze(0)).reshape(
                 k * B, *x.shape[1:]
             )
-            tgt = fixed.repeat(k) if isinstance(fixed, Tensor) else fixed
+            tgt = _repeat(fixed, k)
             grads = input_gradient(model, path, tgt, self.create_graph)
-            w = weights[start : start + k].view(k, 1, 1, 1, 1)
-            total = total + (grads.view(k, *x.shape) * w).sum(dim=0)
-        attr = diff * total
+            w = weights[start : start + k].view(k, *([1] * grads.dim()))
+            part = (grads.view(k, B, *grads.shape[1:]) * w).sum(dim=0)
+            total = part if total is None else total + part
+        assert total is not None
+        d = diff.unsqueeze(1) if multi else diff
+        attr = d * total
         if not self.return_delta:
             return attr
         with torch.no_grad():
             gap = select(model(x), fixed) - select(model(base), fixed)
-        return attr, attr.detach().flatten(1).sum(1) - gap
+        return attr, attr.detach().flatten(2 if multi else 1).sum(-1) - gap
+
+
+def _repeat(target: Any, k: int) -> Any:
+    """Targets for ``k`` stacked copies of a batch (class tensors repeat; callables pass)."""
+    if not isinstance(target, Tensor):
+        return target
+    return target.repeat(k, 1) if target.dim() == 2 else target.repeat(k)
 
 
 class _ReLURule(_Gradient):
@@ -186,6 +307,9 @@ class _ReLURule(_Gradient):
     def _attribute(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
         with hooks.relu_backward_rule(model, self.rule):
             return input_gradient(model, x, target, self.create_graph)
+
+    def _attribute_multi(self, model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
+        return self._attribute(model, x, targets)  # input_gradient shares the forward pass
 
 
 @register_method("guided_backprop")

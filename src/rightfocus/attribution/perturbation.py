@@ -8,16 +8,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from rightfocus.attribution.base import Attribution, broadcast_baseline, register_method
+from rightfocus.attribution.base import (
+    Attribution,
+    broadcast_baseline,
+    copies_per_pass,
+    images_per_pass,
+    parse_bytes,
+    pass_size_option,
+    register_method,
+    renamed_option,
+    split_batch,
+)
 from rightfocus.attribution.targets import Target, fix_target, select
 
 __all__ = ["Occlusion", "occlusion_windows"]
-
-_MAX_IMAGES_PER_PASS = 512
 
 
 def _triple(value: int | Sequence[int], channels: int, name: str) -> tuple[int, int, int]:
@@ -69,8 +78,12 @@ class Occlusion(Attribution):
             1 or the window's channel extent); default: half the window (rounded up), i.e.
             neighbouring windows overlap by half. Captum's default is 1.
         baseline: the occluder's value, a number or a tensor broadcastable to ``x``.
-        perturbations_per_eval: occluded copies of the batch per forward pass (default: as many
-            as keep a pass at or below 512 images).
+        internal_batch_size: occluded images per forward pass, or ``"auto"`` (default: see
+            :func:`rightfocus.attribution.base.images_per_pass`). ``perturbations_per_eval``
+            (Captum's name, copies of the batch per pass) is the deprecated form.
+        memory_budget: bytes (or ``"2GB"``) for ``auto``.
+
+    Several targets (a ``(B, K)`` class tensor) are scored from the same occluded passes.
     """
 
     model_agnostic = True
@@ -81,19 +94,30 @@ class Occlusion(Attribution):
         window: int | Sequence[int] = (8, 8),
         strides: int | Sequence[int] | None = None,
         baseline: float | Tensor = 0.0,
-        perturbations_per_eval: int | None = None,
+        internal_batch_size: int | str | None = "auto",
+        memory_budget: int | str | None = None,
         eval_mode: bool | None = None,
+        **deprecated: Any,
     ) -> None:
         super().__init__(eval_mode=eval_mode)
-        if perturbations_per_eval is not None and perturbations_per_eval < 1:
-            raise ValueError(f"perturbations_per_eval must be >= 1, got {perturbations_per_eval}")
+        self._copies: int | None = None
+        if "perturbations_per_eval" in deprecated:
+            ppe = renamed_option(deprecated, "perturbations_per_eval")
+            if isinstance(ppe, bool) or not isinstance(ppe, int) or ppe < 1:
+                raise ValueError(f"perturbations_per_eval must be >= 1, got {ppe!r}")
+            self._copies = ppe
+        if deprecated:
+            raise TypeError(f"Occlusion got unexpected options {sorted(deprecated)}")
+        if memory_budget is not None:
+            parse_bytes(memory_budget)
         _triple(window, 1, "window")
         if strides is not None:
             _triple(strides, 1, "strides")
         self.window = window
         self.strides = strides
         self.baseline = baseline
-        self.perturbations_per_eval = perturbations_per_eval
+        self.internal_batch_size = pass_size_option(internal_batch_size)
+        self.memory_budget = memory_budget
 
     def _geometry(self, x: Tensor) -> list[tuple[slice, slice, slice]]:
         C = x.shape[1]
@@ -110,15 +134,30 @@ class Occlusion(Attribution):
         return broadcast_baseline(self.baseline, x)
 
     def _attribute(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
+        return self._attribute_multi(model, x, target)
+
+    def _attribute_multi(self, model: nn.Module, x: Tensor, targets: Target) -> Tensor:
+        B = x.shape[0]
+        if self._copies is not None:
+            images = self._copies * B
+        else:
+            images = images_per_pass(self.internal_batch_size, model, x, self.memory_budget)
+        if images < B:
+            return split_batch(lambda xs, ts: self._occlude(model, xs, ts, images), x, targets,
+                               images)  # fmt: skip
+        return self._occlude(model, x, targets, images)
+
+    def _occlude(self, model: nn.Module, x: Tensor, target: Any, images: int) -> Tensor:
         windows = self._geometry(x)
         base = self._baseline(x)
         B = x.shape[0]
-        per_pass = self.perturbations_per_eval or max(1, _MAX_IMAGES_PER_PASS // B)
+        per_pass = copies_per_pass(images, B, len(windows))
         with torch.no_grad():
             outputs = model(x)
             fixed = fix_target(outputs, target)
-            score = select(outputs, fixed)
-            total = torch.zeros_like(x)
+            score = select(outputs, fixed)  # (B,) or (B, K)
+            extra = score.shape[1:]
+            total = x.new_zeros(B, *extra, *x.shape[1:])
             counts = torch.zeros(x.shape[1:], dtype=x.dtype, device=x.device)
             for start in range(0, len(windows), per_pass):
                 chunk = windows[start : start + per_pass]
@@ -126,7 +165,7 @@ class Occlusion(Attribution):
                 for m, sl in zip(masks, chunk):
                     m[sl] = 1.0
                 drop = self._score_drops(model, x, base, masks, fixed, score)
-                total += torch.einsum("kb,kchw->bchw", drop, masks)
+                total += torch.einsum("kb...,kchw->b...chw", drop, masks)
                 counts += masks.sum(dim=0)
         return total / counts
 
@@ -139,9 +178,12 @@ class Occlusion(Attribution):
         fixed: Tensor | Callable[[Tensor], Tensor],
         score: Tensor,
     ) -> Tensor:
-        """``S_c(x) - S_c(x_W)`` for every window ``W`` in ``masks``, shape ``(k, B)``."""
+        """``S_c(x) - S_c(x_W)`` for every window ``W`` in ``masks``: ``(k, B)`` / ``(k, B, K)``."""
         k, B = masks.shape[0], x.shape[0]
         m = masks.unsqueeze(1)
         occluded = (x.unsqueeze(0) + m * (base - x).unsqueeze(0)).reshape(k * B, *x.shape[1:])
-        tgt = fixed.repeat(k) if isinstance(fixed, Tensor) else fixed
-        return score.unsqueeze(0) - select(model(occluded), tgt).view(k, B)
+        if isinstance(fixed, Tensor):
+            tgt: Any = fixed.repeat(k, 1) if fixed.dim() == 2 else fixed.repeat(k)
+        else:
+            tgt = fixed
+        return score.unsqueeze(0) - select(model(occluded), tgt).view(k, *score.shape)

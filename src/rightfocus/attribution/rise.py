@@ -21,12 +21,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rightfocus.attribution.base import Attribution, register_method
+from rightfocus.attribution.base import (
+    Attribution,
+    broadcast_baseline,
+    copies_per_pass,
+    images_per_pass,
+    parse_bytes,
+    pass_size_option,
+    register_method,
+    split_batch,
+)
 from rightfocus.attribution.targets import Target, fix_target, select
 
 __all__ = ["RISE", "rise_masks"]
-
-_MAX_IMAGES_PER_PASS = 512
 
 
 def rise_masks(grids: Tensor, shifts: Tensor, height: int, width: int) -> Tensor:
@@ -58,7 +65,11 @@ class RISE(Attribution):
             (the raw outputs, as the other methods explain). A callable target receives the
             outputs after this transformation.
         seed: seeds the masks (``None``: drawn from torch's global generator).
-        internal_batch_size: masked images per forward pass (default: up to 512).
+        internal_batch_size: masked images per forward pass, or ``"auto"`` (default: see
+            :func:`rightfocus.attribution.base.images_per_pass`).
+        memory_budget: bytes (or ``"2GB"``) for ``auto``.
+
+    Several targets (a ``(B, K)`` class tensor) are scored from the same masked passes.
     """
 
     model_agnostic = True
@@ -74,7 +85,8 @@ class RISE(Attribution):
         baseline: float | Tensor = 0.0,
         scores: str = "probability",
         seed: int | None = None,
-        internal_batch_size: int | None = None,
+        internal_batch_size: int | str | None = "auto",
+        memory_budget: int | str | None = None,
         eval_mode: bool | None = None,
     ) -> None:
         super().__init__(eval_mode=eval_mode)
@@ -85,15 +97,16 @@ class RISE(Attribution):
             raise ValueError(f"p must be in (0, 1], got {p!r}")
         if scores not in ("probability", "logit"):
             raise ValueError(f"scores must be 'probability' or 'logit', got {scores!r}")
-        if internal_batch_size is not None and internal_batch_size < 1:
-            raise ValueError(f"internal_batch_size must be >= 1, got {internal_batch_size}")
+        if memory_budget is not None:
+            parse_bytes(memory_budget)
         self.n_masks = n_masks
         self.grid_size = grid_size
         self.p = float(p)
         self.baseline = baseline
         self.scores = scores
         self.seed = seed
-        self.internal_batch_size = internal_batch_size
+        self.internal_batch_size = pass_size_option(internal_batch_size)
+        self.memory_budget = memory_budget
 
     def draws(self, seed: int | None = None) -> tuple[Tensor, Tensor]:
         """The random grids ``(N, s, s)`` (float64 in {0, 1}) and shifts ``(N, 2)`` in cells.
@@ -145,25 +158,38 @@ class RISE(Attribution):
         return select(outputs, target)
 
     def _attribute(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
+        return self._attribute_multi(model, x, target)
+
+    def _attribute_multi(self, model: nn.Module, x: Tensor, targets: Target) -> Tensor:
+        draws = self.draws()
+        images = images_per_pass(self.internal_batch_size, model, x, self.memory_budget)
+        if images < x.shape[0]:
+            return split_batch(lambda xs, ts: self._saliency(model, xs, ts, images, draws), x,
+                               targets, images)  # fmt: skip
+        return self._saliency(model, x, targets, images, draws)
+
+    def _saliency(
+        self, model: nn.Module, x: Tensor, target: Any, images: int, draws: tuple[Tensor, Tensor]
+    ) -> Tensor:
         B, _, H, W = x.shape
-        b = torch.as_tensor(self.baseline, dtype=x.dtype, device=x.device)
-        try:
-            base = torch.broadcast_to(b, x.shape)
-        except RuntimeError:
-            raise ValueError(
-                f"baseline of shape {tuple(b.shape)} cannot be broadcast to x {tuple(x.shape)}"
-            ) from None
-        grids, fractions = self.draws()
-        per_pass = max(1, (self.internal_batch_size or _MAX_IMAGES_PER_PASS) // B)
-        total = x.new_zeros(B, H, W)
+        base = broadcast_baseline(self.baseline, x)
+        grids, fractions = draws
+        per_pass = copies_per_pass(images, B, self.n_masks)
         with torch.no_grad():
             fixed = fix_target(model(x), target)
+            multi = isinstance(fixed, Tensor) and fixed.dim() == 2
+            K = fixed.shape[1] if isinstance(fixed, Tensor) and multi else 1
+            total = x.new_zeros(B, K, H, W)
             for start in range(0, self.n_masks, per_pass):
                 stop = start + per_pass
                 m = self._masks(grids[start:stop], fractions[start:stop], H, W, x.dtype, x.device)
                 k = m.shape[0]
                 masked = (base + m.unsqueeze(1) * (x - base)).reshape(k * B, *x.shape[1:])
-                tgt = fixed.repeat(k) if isinstance(fixed, Tensor) else fixed
-                scores = self._score(model(masked), tgt).view(k, B)
-                total += torch.einsum("kb,khw->bhw", scores, m[:, 0])
-        return (total / (self.n_masks * self.p)).unsqueeze(1)
+                if isinstance(fixed, Tensor):
+                    tgt: Any = fixed.repeat(k, 1) if multi else fixed.repeat(k)
+                else:
+                    tgt = fixed
+                scores = self._score(model(masked), tgt).view(k, B, K)
+                total += torch.einsum("kbt,khw->bthw", scores, m[:, 0])
+        sal = total / (self.n_masks * self.p)
+        return sal.unsqueeze(2) if multi else sal

@@ -26,7 +26,16 @@ import torch
 from torch import Tensor, nn
 
 from rightfocus._registry import METHODS
-from rightfocus.attribution.base import Attribution, register_method, steps_per_pass
+from rightfocus.attribution.base import (
+    PASS_ELEMENTS,
+    Attribution,
+    copies_per_pass,
+    images_per_pass,
+    parse_bytes,
+    pass_size_option,
+    register_method,
+    renamed_option,
+)
 from rightfocus.attribution.targets import Target, fix_target
 
 __all__ = ["KINDS", "NoiseTunnel", "SmoothGrad", "SmoothGradSq", "VarGrad", "noise_tunnel"]
@@ -73,7 +82,8 @@ def noise_tunnel(
     """Aggregate ``explain(x + noise_s, target)`` over the noise samples ``s``.
 
     The pure core of :class:`NoiseTunnel`. Noisy copies are stacked sample-major into batches of
-    at most ``internal_batch_size`` images (at least one noise draw per pass).
+    at most ``internal_batch_size`` images (at least one noise draw per pass). A ``(B, K)``
+    class target gives ``(B, K, ...)`` attributions when ``explain`` supports it.
 
     Args:
         explain: ``f(images, target) -> attributions`` for a batch of images.
@@ -82,7 +92,8 @@ def noise_tunnel(
         target: a ``(B,)`` class tensor or a callable on the outputs (``None`` is not resolved
             here: it would mean each noisy copy's own predicted class).
         kind: ``smoothgrad``, ``smoothgrad_sq`` or ``vargrad``.
-        internal_batch_size: images per ``explain`` call (default: see ``base.steps_per_pass``).
+        internal_batch_size: images per ``explain`` call (default: the batch or
+            ``PASS_ELEMENTS`` input values, whichever is more).
     """
     _check_kind(kind)
     if noise.dim() != 5 or tuple(noise.shape[2:]) != tuple(x.shape[1:]):
@@ -91,14 +102,18 @@ def noise_tunnel(
             f"got {tuple(noise.shape)}"
         )
     n, B = noise.shape[0], x.shape[0]
-    per_pass = steps_per_pass(internal_batch_size, B, n, x[0].numel())
+    if internal_batch_size is None:
+        internal_batch_size = max(B, PASS_ELEMENTS // max(1, x[0].numel()))
+    per_pass = copies_per_pass(internal_batch_size, B, n)
     moments = _Moments()
     total: Tensor | None = None
     for start in range(0, n, per_pass):
         eps = noise[start : start + per_pass]
         k = eps.shape[0]
         noisy = (x.unsqueeze(0) + eps).reshape(k * B, *x.shape[1:])
-        tgt = target.repeat(k) if isinstance(target, Tensor) else target
+        tgt: Target = target
+        if isinstance(target, Tensor):
+            tgt = target.repeat(k, 1) if target.dim() == 2 else target.repeat(k)
         attr = explain(noisy, tgt)
         if not isinstance(attr, Tensor) or attr.shape[0] != k * B:
             raise ValueError(
@@ -128,17 +143,22 @@ class NoiseTunnel(Attribution):
     neural networks lack sensitivity to parameter values" (VarGrad).
 
     Args:
-        method: base method, a registered name or an :class:`Attribution` instance.
+        base: the base method ``E``, a registered name or an :class:`Attribution` instance
+            (``method=`` is the deprecated name of this option).
         kind: ``smoothgrad``, ``smoothgrad_sq`` or ``vargrad``.
         n_samples: noisy copies per image (the paper finds 50 sufficient).
         stdev: noise level; a fraction of each image's value range when ``relative``, else the
             absolute standard deviation.
         seed: seeds the noise generator (``None``: drawn from torch's global generator).
-        internal_batch_size: images per base-method call (default: see ``base.steps_per_pass``).
+        internal_batch_size: images per base-method call, or ``"auto"`` (default: see
+            :func:`rightfocus.attribution.base.images_per_pass`).
+        memory_budget: bytes (or ``"2GB"``) for ``auto``; default: ``RIGHTFOCUS_MEMORY_BUDGET``
+            or a share of the free memory.
         create_graph: passed to the base method (must be differentiable).
         **method_options: options for the base method when ``method`` is a name.
 
-    ``target=None`` explains the class predicted for the clean image, in every noisy copy.
+    ``target=None`` explains the class predicted for the clean image, in every noisy copy;
+    a ``(B, K)`` class target gives ``(B, K, ...)`` (the base method's own multi-target path).
     """
 
     stochastic = True
@@ -146,33 +166,37 @@ class NoiseTunnel(Attribution):
 
     def __init__(
         self,
-        method: str | Attribution = "saliency",
+        base: str | Attribution = "saliency",
         *,
         kind: str = "smoothgrad",
         n_samples: int = 50,
         stdev: float = 0.15,
         relative: bool = True,
         seed: int | None = None,
-        internal_batch_size: int | None = None,
+        internal_batch_size: int | str | None = "auto",
+        memory_budget: int | str | None = None,
         create_graph: bool = False,
         eval_mode: bool | None = None,
         **method_options: Any,
     ) -> None:
         super().__init__(eval_mode=eval_mode)
+        if "method" in method_options:
+            base = renamed_option(method_options, "method", "base")
         _check_kind(kind)
-        if not isinstance(n_samples, int) or n_samples < 1:
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
         if not stdev >= 0:
             raise ValueError(f"stdev must be >= 0, got {stdev!r}")
-        if internal_batch_size is not None and internal_batch_size < 1:
-            raise ValueError(f"internal_batch_size must be >= 1, got {internal_batch_size}")
-        self.base = _make_base(method, create_graph, method_options)
+        if memory_budget is not None:
+            parse_bytes(memory_budget)
+        self.base = _make_base(base, create_graph, method_options)
         self.kind = kind
         self.n_samples = n_samples
         self.stdev = float(stdev)
         self.relative = relative
         self.seed = seed
-        self.internal_batch_size = internal_batch_size
+        self.internal_batch_size = pass_size_option(internal_batch_size)
+        self.memory_budget = memory_budget
         self._create_graph = bool(create_graph)
 
     def noise(self, x: Tensor) -> Tensor:
@@ -194,14 +218,23 @@ class NoiseTunnel(Attribution):
         if target is None or isinstance(target, (int, Tensor)):
             with torch.no_grad():
                 target = fix_target(model(x), target)
-        return noise_tunnel(
-            lambda images, tgt: self.base(model, images, tgt),
-            x,
-            self.noise(x),
-            target,
-            self.kind,
-            self.internal_batch_size,
-        )
+        images = images_per_pass(self.internal_batch_size, model, x, self.memory_budget)
+        if isinstance(target, Tensor) and target.dim() == 2:
+            images = max(1, images // target.shape[1])
+        noise = self.noise(x)
+        explain = lambda images, tgt: self.base(model, images, tgt)  # noqa: E731
+        if images >= x.shape[0]:
+            return noise_tunnel(explain, x, noise, target, self.kind, images)
+        parts = []  # fewer than B images fit in a pass: split the batch (noise per sample)
+        for start in range(0, x.shape[0], images):
+            sl = slice(start, start + images)
+            eps = noise[:, sl] if noise.shape[1] > 1 else noise
+            tgt = target[sl] if isinstance(target, Tensor) else target
+            parts.append(noise_tunnel(explain, x[sl], eps, tgt, self.kind, images))
+        return torch.cat(parts)
+
+    def _attribute_multi(self, model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
+        return self._attribute(model, x, targets)  # the base method shares its passes
 
 
 def _make_base(
@@ -233,7 +266,7 @@ def _make_base(
 class _Registered(NoiseTunnel):
     kind_name = "smoothgrad"
 
-    def __init__(self, *, base: str | Attribution = "saliency", **options: Any) -> None:
+    def __init__(self, base: str | Attribution = "saliency", **options: Any) -> None:
         if "kind" in options:
             raise ValueError(
                 f"{self.kind_name!r} fixes kind={self.kind_name!r}; use NoiseTunnel(kind=...)"

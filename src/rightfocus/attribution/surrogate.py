@@ -3,10 +3,10 @@
 Both explain an image through ``M`` superpixels (interpretable features). A coalition
 ``z in {0, 1}^M`` keeps the superpixels with ``z_j = 1`` and fills the others from a baseline
 image ``b``: ``h_x(z) = b + z[seg] * (x - b)``. The model is evaluated on ``num_samples``
-coalitions (batched, ``internal_batch_size`` images per forward pass) and a weighted linear
-model ``g(z) = phi_0 + sum_j phi_j z_j`` is fitted to ``f_c(h_x(z))``; each superpixel's
-coefficient ``phi_j`` is broadcast to its pixels in every channel, so the output has the
-input's shape ``(B, C, H, W)`` and ``sum_j phi_j`` counts every superpixel once.
+coalitions (batched, ``internal_batch_size`` images per forward pass, ``"auto"`` by default)
+and a weighted linear model ``g(z) = phi_0 + sum_j phi_j z_j`` is fitted to ``f_c(h_x(z))``;
+each superpixel's coefficient ``phi_j`` is broadcast to its pixels in every channel, so the
+output has the input's shape ``(B, C, H, W)`` and ``sum_j phi_j`` counts every superpixel once.
 
 Superpixels: ``segments="slic"`` (SLIC, Achanta et al. 2012, via
 ``skimage.segmentation.slic`` on the image rescaled to [0, 1]), ``"grid"`` (a regular grid of
@@ -30,7 +30,15 @@ import torch
 from torch import Tensor, nn
 
 from rightfocus._images import gaussian_blur
-from rightfocus.attribution.base import Attribution, broadcast_baseline, register_method
+from rightfocus.attribution.base import (
+    Attribution,
+    broadcast_baseline,
+    copies_per_pass,
+    images_per_pass,
+    parse_bytes,
+    pass_size_option,
+    register_method,
+)
 from rightfocus.attribution.targets import Target, fix_target, select
 
 __all__ = [
@@ -48,7 +56,6 @@ __all__ = [
 ]
 
 FILLS = ("zero", "mean", "superpixel_mean", "blur")
-_MAX_IMAGES_PER_PASS = 512
 _MAX_EXACT_FEATURES = 20
 
 
@@ -228,7 +235,8 @@ class _Surrogate(Attribution):
         n_segments: int,
         baseline: str | float | Tensor,
         num_samples: int,
-        internal_batch_size: int | None,
+        internal_batch_size: int | str | None,
+        memory_budget: int | str | None,
         seed: int | None,
         slic_options: dict[str, Any] | None,
         blur_sigma: float,
@@ -248,10 +256,10 @@ class _Surrogate(Attribution):
         self.n_segments = _check_int(n_segments, "n_segments")
         self.baseline = baseline
         self.num_samples = _check_int(num_samples, "num_samples")
-        self.internal_batch_size = (
-            None if internal_batch_size is None
-            else _check_int(internal_batch_size, "internal_batch_size")
-        )  # fmt: skip
+        self.internal_batch_size = pass_size_option(internal_batch_size)
+        if memory_budget is not None:
+            parse_bytes(memory_budget)
+        self.memory_budget = memory_budget
         self.seed = seed
         self.slic_options = dict(slic_options or {})
         self.blur_sigma = float(blur_sigma)
@@ -265,43 +273,80 @@ class _Surrogate(Attribution):
         """Coefficients ``(G, M)`` from scores ``y (G, n)`` of the ``G`` images of a group."""
 
     def _attribute(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
+        return self._attribute_multi(model, x, target)
+
+    def _attribute_multi(self, model: nn.Module, x: Tensor, targets: Target) -> Tensor:
+        """Every target's coefficients come from the same coalition passes: a ``(B, K)``
+        class tensor gives ``(B, K, C, H, W)``."""
         B, C, H, W = x.shape
         raw = _label_maps(self.segments, x, self.n_segments, self.slic_options).reshape(B, H * W)
         labels = torch.stack([torch.unique(r, return_inverse=True)[1] for r in raw])
         counts = [int(r.max()) + 1 for r in labels]
         base = fill_baseline(x, labels, self.baseline, self.blur_sigma)
         seed = self.seed if self.seed is not None else int(torch.randint(0, 2**62, (1,)))
-        coef = x.new_zeros(B, max(counts))
+        images = images_per_pass(self.internal_batch_size, model, x, self.memory_budget)
         with torch.no_grad():
             out = model(torch.cat([x, base]))
-            fixed = fix_target(out[:B], target)
+            fixed = fix_target(out[:B], targets)
             f1, f0 = select(out[:B], fixed), select(out[B:], fixed)
+            multi = f1.dim() == 2
+            K = f1.shape[1] if multi else 1
+            coef = x.new_zeros(B, K, max(counts))
             for M in sorted(set(counts)):
                 idx = torch.tensor([i for i, m in enumerate(counts) if m == M], device=x.device)
                 Z, w = (t.to(dtype=x.dtype, device=x.device) for t in self._coalitions(M, seed))
                 tgt = fixed[idx] if isinstance(fixed, Tensor) else fixed
-                y = self._scores(model, x[idx], base[idx], labels[idx], Z, tgt)
-                coef[idx, :M] = self._fit(Z, w, y, f0[idx], f1[idx])
-        return coef.gather(1, labels).view(B, 1, H, W).expand(B, C, H, W).contiguous()
+                y = self._scores(model, x[idx], base[idx], labels[idx], Z, tgt, images)
+                G = idx.shape[0]
+                fit = self._fit(Z, w, y.reshape(G * K, -1), f0[idx].reshape(-1),
+                                f1[idx].reshape(-1))  # fmt: skip
+                coef[idx, :, :M] = fit.view(G, K, M)
+        maps = coef.gather(2, labels.unsqueeze(1).expand(B, K, H * W)).view(B, K, 1, H, W)
+        maps = maps.expand(B, K, C, H, W)
+        return (maps if multi else maps[:, 0]).contiguous()
 
     def _scores(
-        self, model: nn.Module, x: Tensor, base: Tensor, labels: Tensor, Z: Tensor, target: Any
+        self,
+        model: nn.Module,
+        x: Tensor,
+        base: Tensor,
+        labels: Tensor,
+        Z: Tensor,
+        target: Any,
+        images: int,
     ) -> Tensor:
-        """``f_c(h_x(z))`` for every image of a group and every coalition: ``(G, n)``."""
+        """``f_c(h_x(z))`` for every image of a group and every coalition: ``(G, n)``, or
+        ``(G, K, n)`` for a ``(G, K)`` class target."""
         G, n = x.shape[0], Z.shape[0]
-        per_pass = max(1, (self.internal_batch_size or _MAX_IMAGES_PER_PASS) // G)
+        if images < G:  # fewer than G images fit in a pass: split the group
+            return torch.cat([
+                self._scores(model, x[s : s + images], base[s : s + images],
+                             labels[s : s + images], Z, _rows(target, s, images), images)
+                for s in range(0, G, images)
+            ])  # fmt: skip
+        per_pass = copies_per_pass(images, G, max(n, 1))
         diff = (x - base).unsqueeze(0)
+        multi = isinstance(target, Tensor) and target.dim() == 2
         scores = []
         for start in range(0, n, per_pass):
             z = Z[start : start + per_pass]
             k = z.shape[0]
             masks = z[:, labels].view(k, G, 1, *x.shape[2:])
-            images = (base.unsqueeze(0) + masks * diff).reshape(k * G, *x.shape[1:])
-            tgt = target.repeat(k) if isinstance(target, Tensor) else target
-            scores.append(select(model(images), tgt).view(k, G))
+            images_k = (base.unsqueeze(0) + masks * diff).reshape(k * G, *x.shape[1:])
+            if isinstance(target, Tensor):
+                tgt: Any = target.repeat(k, 1) if multi else target.repeat(k)
+            else:
+                tgt = target
+            s = select(model(images_k), tgt)
+            scores.append(s.view(k, G, *s.shape[1:]))
         if not scores:
-            return x.new_zeros(G, 0)
-        return torch.cat(scores).T
+            shape = (G, target.shape[1], 0) if multi else (G, 0)
+            return x.new_zeros(shape)
+        return torch.cat(scores).movedim(0, -1)
+
+
+def _rows(target: Any, start: int, size: int) -> Any:
+    return target[start : start + size] if isinstance(target, Tensor) else target
 
 
 @register_method("kernel_shap")
@@ -324,7 +369,9 @@ class KernelShap(_Surrogate):
             ``blur``, a number or a tensor broadcastable to ``x``.
         num_samples: coalitions evaluated per image (besides the empty and the full one).
         exact: enumerate all ``2^M - 2`` coalitions (``None``: when that is <= num_samples).
-        internal_batch_size: images per forward pass (default: up to 512).
+        internal_batch_size: images per forward pass, or ``"auto"`` (default: see
+            :func:`rightfocus.attribution.base.images_per_pass`).
+        memory_budget: bytes (or ``"2GB"``) for ``auto``.
         seed: seeds the coalition sampler (``None``: drawn from torch's global generator).
         slic_options: extra keyword arguments for ``skimage.segmentation.slic``.
         blur_sigma: Gaussian sigma in pixels for ``baseline="blur"``.
@@ -338,7 +385,8 @@ class KernelShap(_Surrogate):
         baseline: str | float | Tensor = "zero",
         num_samples: int = 1000,
         exact: bool | None = None,
-        internal_batch_size: int | None = None,
+        internal_batch_size: int | str | None = "auto",
+        memory_budget: int | str | None = None,
         seed: int | None = None,
         slic_options: dict[str, Any] | None = None,
         blur_sigma: float = 3.0,
@@ -346,7 +394,8 @@ class KernelShap(_Surrogate):
     ) -> None:
         super().__init__(
             segments=segments, n_segments=n_segments, baseline=baseline,
-            num_samples=num_samples, internal_batch_size=internal_batch_size, seed=seed,
+            num_samples=num_samples, internal_batch_size=internal_batch_size,
+            memory_budget=memory_budget, seed=seed,
             slic_options=slic_options, blur_sigma=blur_sigma, eval_mode=eval_mode,
         )  # fmt: skip
         if exact not in (None, True, False):
@@ -384,8 +433,8 @@ class Lime(_Surrogate):
             for L2 as ``lime_tabular``).
         distance: ``"cosine"`` or ``"l2"``.
         alpha: ridge penalty (``lime``'s default ``Ridge(alpha=1)``; 0 = weighted least squares).
-        segments, n_segments, baseline, num_samples, internal_batch_size, seed, slic_options,
-        blur_sigma: as for :class:`KernelShap`; LIME's own default fill is
+        segments, n_segments, baseline, num_samples, internal_batch_size, memory_budget, seed,
+        slic_options, blur_sigma: as for :class:`KernelShap`; LIME's own default fill is
             ``baseline="superpixel_mean"``.
     """
 
@@ -399,7 +448,8 @@ class Lime(_Surrogate):
         kernel_width: float | None = None,
         distance: str = "cosine",
         alpha: float = 1.0,
-        internal_batch_size: int | None = None,
+        internal_batch_size: int | str | None = "auto",
+        memory_budget: int | str | None = None,
         seed: int | None = None,
         slic_options: dict[str, Any] | None = None,
         blur_sigma: float = 3.0,
@@ -407,7 +457,8 @@ class Lime(_Surrogate):
     ) -> None:
         super().__init__(
             segments=segments, n_segments=n_segments, baseline=baseline,
-            num_samples=num_samples, internal_batch_size=internal_batch_size, seed=seed,
+            num_samples=num_samples, internal_batch_size=internal_batch_size,
+            memory_budget=memory_budget, seed=seed,
             slic_options=slic_options, blur_sigma=blur_sigma, eval_mode=eval_mode,
         )  # fmt: skip
         if distance not in ("cosine", "l2"):

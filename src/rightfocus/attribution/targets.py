@@ -4,7 +4,10 @@
 - ``None``: the class the model predicts for each sample,
 - an ``int``: the same class for every sample,
 - a ``(B,)`` integer tensor: one class per sample,
-- a callable ``f(outputs) -> (B,)`` tensor of per-sample scores (e.g. a log-probability).
+- a callable ``f(outputs) -> (B,)`` tensor of per-sample scores (e.g. a log-probability),
+- several classes per sample: a ``(B, K)`` integer tensor, or a list of ``B`` class lists of
+  equal length ``K`` (multi-label models: the classes whose sigmoid output is explained). The
+  result then has a target axis: ``(B, K, C, H, W)`` / ``(B, K, 1, H, W)``.
 """
 
 from __future__ import annotations
@@ -15,9 +18,35 @@ from typing import Union
 import torch
 from torch import Tensor
 
-__all__ = ["Target", "check_target", "fix_target", "select"]
+__all__ = ["Target", "check_target", "fix_target", "multi_target", "select"]
 
-Target = Union[None, int, Tensor, Callable[[Tensor], Tensor]]  # noqa: UP007
+Target = Union[None, int, Tensor, Callable[[Tensor], Tensor], list]  # noqa: UP007
+
+
+def multi_target(target: Target, batch_size: int) -> Tensor | None:
+    """The ``(B, K)`` class tensor of a several-targets call, or ``None`` for one target.
+
+    A list of ``B`` class lists becomes a ``(B, K)`` long tensor; ragged lists are refused
+    (pad each sample's list to the same length, e.g. by repeating one of its classes).
+    """
+    if isinstance(target, list):
+        if len(target) != batch_size or not all(isinstance(t, (list, tuple)) for t in target):
+            raise ValueError(
+                f"A list target must hold one list of class indices per sample ({batch_size} "
+                "lists); for one class per sample pass a (B,) tensor"
+            )
+        lengths = {len(t) for t in target}
+        if len(lengths) != 1 or 0 in lengths:
+            raise ValueError(
+                f"Every sample needs the same number of target classes (got lengths "
+                f"{sorted(lengths)}); pad the shorter lists, e.g. by repeating one of their classes"
+            )
+        if not all(isinstance(c, int) and not isinstance(c, bool) for t in target for c in t):
+            raise TypeError("A list target must hold int class indices")
+        target = torch.tensor(target, dtype=torch.long)
+    if isinstance(target, Tensor) and target.dim() == 2:
+        return target
+    return None
 
 
 def check_target(target: Target, batch_size: int) -> None:
@@ -25,22 +54,28 @@ def check_target(target: Target, batch_size: int) -> None:
     if target is None or (callable(target) and not isinstance(target, Tensor)):
         return
     if isinstance(target, bool):
-        raise TypeError("target must be an int class index, a (B,) long tensor, a callable or None")
+        raise TypeError(
+            "target must be an int class index, a (B,) or (B, K) long tensor, a callable or None"
+        )
     if isinstance(target, int):
         if target < 0:
             raise ValueError(f"target class index must be >= 0, got {target}")
         return
+    if isinstance(target, list):
+        multi_target(target, batch_size)
+        return
     if isinstance(target, Tensor):
         if target.dtype.is_floating_point or target.dtype == torch.bool:
             raise TypeError(f"target tensor must hold integer class indices, got {target.dtype}")
-        if target.dim() != 1 or target.shape[0] != batch_size:
+        if target.dim() not in (1, 2) or target.shape[0] != batch_size or 0 in target.shape:
             raise ValueError(
                 f"target must have shape ({batch_size},) to match the batch, got "
-                f"{tuple(target.shape)}"
+                f"{tuple(target.shape)}; for K classes per sample pass ({batch_size}, K)"
             )
         return
     raise TypeError(
-        "target must be None, an int, a (B,) long tensor or a callable on the outputs, not "
+        "target must be None, an int, a (B,) or (B, K) long tensor, a list of class lists or a "
+        "callable on the outputs, not "
         f"{type(target).__name__}"
     )
 
@@ -70,15 +105,21 @@ def fix_target(outputs: Tensor, target: Target) -> Tensor | Callable[[Tensor], T
                 f"{tuple(outputs.shape)}. Pass a callable target instead."
             )
         return outputs.detach().argmax(dim=1)
+    if isinstance(target, list):
+        return _class_indices(outputs, torch.tensor(target, dtype=torch.long))
     if isinstance(target, (int, Tensor)):
         return _class_indices(outputs, target)
+    assert target is not None
     return target
 
 
 def select(outputs: Tensor, target: Target) -> Tensor:
-    """Per-sample scalar scores ``(B,)`` for ``target`` (``None`` = predicted class)."""
+    """Per-sample scalar scores ``(B,)`` for ``target`` (``None`` = predicted class); for a
+    ``(B, K)`` class tensor, the ``(B, K)`` scores of every sample's ``K`` classes."""
     fixed = fix_target(outputs, target)
     if isinstance(fixed, Tensor):
+        if fixed.dim() == 2:
+            return outputs.gather(1, fixed)
         return outputs.gather(1, fixed[:, None]).squeeze(1)
     scores = fixed(outputs)
     if not isinstance(scores, Tensor) or scores.shape != outputs.shape[:1]:
