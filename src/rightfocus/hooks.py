@@ -22,6 +22,7 @@ __all__ = [
     "count_hooks",
     "eval_mode",
     "frozen_parameters",
+    "module_call_stack",
     "patched_forward",
     "relu_backward_rule",
     "sampling",
@@ -173,6 +174,18 @@ _RELU_RULES: dict[str, type[torch.autograd.Function]] = {
 }
 
 
+_OTHER_ACTIVATIONS = (
+    nn.GELU,
+    nn.SiLU,
+    nn.Hardswish,
+    nn.Mish,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.Softplus,
+)
+
+
 @contextmanager
 def relu_backward_rule(model: nn.Module, rule: str) -> Iterator[nn.Module]:
     """Swap the backward rule of every ``nn.ReLU`` module in ``model`` inside the block.
@@ -189,6 +202,17 @@ def relu_backward_rule(model: nn.Module, rule: str) -> Iterator[nn.Module]:
         raise ValueError(
             f"The {rule!r} rule replaces the backward pass of nn.ReLU modules, but the model has "
             "none (functional F.relu calls cannot be overridden). Use nn.ReLU modules."
+        )
+    others = [
+        f"{name} ({type(m).__name__})"
+        for name, m in model.named_modules()
+        if isinstance(m, _OTHER_ACTIVATIONS) or type(m).__name__ in ("GELU", "Swish", "HardSwish")
+    ]
+    if others:
+        raise ValueError(
+            f"The {rule!r} rule is defined for ReLU networks, but the model has other activations "
+            f"whose gradient it would keep: {', '.join(others[:3])}. Use a gradient method "
+            "(saliency, integrated_gradients) or a CAM for this model."
         )
 
     def make(_original: Callable[..., Any]) -> Callable[..., Any]:
@@ -323,7 +347,7 @@ def attention_probabilities(model: nn.Module) -> Iterator[list[Tensor]]:
 
     try:
         for m in blocks:
-            m.fused_attn = False
+            setattr(m, "fused_attn", False)  # noqa: B010
             drop: nn.Module = m.attn_drop  # type: ignore[assignment]
             handles.append(drop.register_forward_hook(hook))
         yield maps
@@ -331,5 +355,30 @@ def attention_probabilities(model: nn.Module) -> Iterator[list[Tensor]]:
         for handle in handles:
             handle.remove()
         for m, flag in flags:
-            m.fused_attn = flag
+            setattr(m, "fused_attn", flag)  # noqa: B010
         maps.clear()
+
+
+@contextmanager
+def module_call_stack(model: nn.Module) -> Iterator[list[str]]:
+    """Inside the block, the yielded list holds the dotted names of the modules of ``model``
+    whose forward is running, outermost first (for error messages that name a module)."""
+    stack: list[str] = []
+    handles = []
+
+    def push(name: str) -> Callable[..., None]:
+        return lambda *_args: stack.append(name)
+
+    def pop(*_args: Any) -> None:
+        if stack:
+            stack.pop()
+
+    try:
+        for name, module in model.named_modules():
+            handles.append(module.register_forward_pre_hook(push(name or type(model).__name__)))
+            handles.append(module.register_forward_hook(pop, always_call=True))
+        yield stack
+    finally:
+        for handle in handles:
+            handle.remove()
+        stack.clear()

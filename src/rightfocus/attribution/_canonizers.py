@@ -14,6 +14,11 @@ functions; :mod:`rightfocus.hooks` installs those for the duration of one call.
   ``out += identity`` is rewritten as an explicit sum so that the relevance of the sum splits
   over both branches in proportion to their contributions, ``R_a = a / (a + b) R`` (the ``Norm``
   rule), as Zennit's ``ResNetCanonizer`` does.
+- **DenseNet** (torchvision): the head's functional ``F.adaptive_avg_pool2d`` is run through a
+  pooling module so that the ``Norm`` rule applies (its gradient would hand relevance to
+  positions the ReLU before it zeroed, and lose it). The concatenations need no rule: their
+  gradient hands each part exactly its own relevance. A batch norm after a concatenation is
+  not merged (it normalises the concatenation, not the conv registered before it).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "densenet_forward",
     "explicit_block_forward",
     "find_batchnorm_merges",
     "is_linear_layer",
@@ -41,25 +47,30 @@ def is_linear_layer(module: nn.Module) -> bool:
     return isinstance(module, _LINEAR_LAYERS)
 
 
-def _leaves(module: nn.Module) -> Iterator[nn.Module]:
+def _leaves(module: nn.Module, parent: nn.Module | None = None) -> Iterator[tuple[nn.Module, Any]]:
+    """``(leaf, its parent)`` in registration order."""
     children = list(module.children())
     if not children:
-        yield module
+        yield module, parent
     for child in children:
-        yield from _leaves(child)
+        yield from _leaves(child, module)
 
 
 def find_batchnorm_merges(model: nn.Module) -> dict[nn.Module, nn.Module]:
     """``{linear layer: batch norm}`` for each batch norm registered right after a linear leaf.
 
     Batch norms without running statistics (``track_running_stats=False``) normalise with batch
-    statistics and cannot be merged; they are left out.
+    statistics and cannot be merged; they are left out. Both must have the same parent module:
+    a DenseNet layer's last conv is registered just before the next layer's first batch norm,
+    which normalises the concatenation of all features, not that conv's output.
     """
     merges: dict[nn.Module, nn.Module] = {}
     previous: nn.Module | None = None
-    for leaf in _leaves(model):
+    previous_parent: nn.Module | None = None
+    for leaf, parent in _leaves(model):
         if (
             previous is not None
+            and parent is previous_parent
             and is_linear_layer(previous)
             and isinstance(leaf, _BATCH_NORMS)
             and leaf.running_mean is not None
@@ -67,7 +78,7 @@ def find_batchnorm_merges(model: nn.Module) -> dict[nn.Module, nn.Module]:
             and previous not in merges
         ):
             merges[previous] = leaf
-        previous = leaf
+        previous, previous_parent = leaf, parent
     return merges
 
 
@@ -116,5 +127,23 @@ def explicit_block_forward(
                 out = b.relu(out)
         identity = b.downsample(x) if b.downsample is not None else x
         return b.relu(add(identity, out))
+
+    return forward
+
+
+def densenet_forward(model: nn.Module, pool: nn.Module) -> Callable[[Tensor], Tensor] | None:
+    """The forward of a torchvision ``DenseNet`` with its global pooling done by ``pool``
+    (``None`` for other models)."""
+    try:
+        from torchvision.models.densenet import DenseNet
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        return None
+    if not isinstance(model, DenseNet):
+        return None
+    m: Any = model
+
+    def forward(x: Tensor) -> Tensor:
+        out = torch.relu(m.features(x))
+        return m.classifier(torch.flatten(pool(out), 1))  # type: ignore[no-any-return]
 
     return forward

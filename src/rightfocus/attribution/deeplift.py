@@ -14,9 +14,13 @@ reference values and gives it a backward that uses both:
   their ordinary backward, which passes the multipliers through.
 
 The backward of the input pass then is the DeepLIFT multiplier ``m_{x -> t}`` and
-``sum_i (x_i - x_ref_i) m_i = t(x) - t(x_ref)`` (summation-to-delta). Only ``nn.Module``
-nonlinearities are reached: a functional ``F.relu`` in a model's ``forward`` keeps its plain
-gradient and breaks summation-to-delta, which ``return_delta=True`` exposes.
+``sum_i (x_i - x_ref_i) m_i = t(x) - t(x_ref)`` (summation-to-delta). A module called several
+times (torchvision's ResNet reuses one ``nn.ReLU`` per block) gets each call's own reference
+values, in call order. Functional calls in a model's ``forward`` (``F.relu``, ``F.gelu``,
+``x.sigmoid()``) get the rescale rule too (a ``torch`` function mode during the passes).
+What has no rule here is refused with an error naming the module, never silently wrong:
+LayerNorm-type normalisation, attention and squeeze-excitation gating up front, and at run time
+any product or quotient of two input-dependent tensors, softmax or functional max-pooling.
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from rightfocus import hooks
+from rightfocus.attribution._unsupported import refuse_unsupported
 from rightfocus.attribution.base import Attribution, broadcast_baseline, register_method
 from rightfocus.attribution.targets import Target, fix_target, select
 
@@ -61,6 +67,7 @@ class _Pairing:
     def __init__(self, true_copy: bool = False) -> None:
         self.mode = "reference"
         self.true_copy = true_copy
+        self.inside = 0  # > 0 while a module's own rule runs (its functional calls pass through)
         self.stores: dict[str, dict[int, deque[tuple[Tensor, ...]]]] = {
             "reference": defaultdict(deque),
             "input": defaultdict(deque),
@@ -226,12 +233,16 @@ def _elementwise_rule(eps: float, pairing: _Pairing) -> Rule:
         derivative = _relu_derivative if type(module) is nn.ReLU else _autograd_derivative(fn)
 
         def forward(t: Tensor) -> Tensor:
-            if pairing.mode != "pair":
-                y = fn(t)
-                pairing.record(module, (t, y))
-                return y
-            ref, own = pairing.pair(module, t)
-            return _Rescale.apply(t, *ref, *own, (fn, derivative, eps))  # type: ignore[no-any-return]
+            pairing.inside += 1
+            try:
+                if pairing.mode != "pair":
+                    y = fn(t)
+                    pairing.record(module, (t, y))
+                    return y
+                ref, own = pairing.pair(module, t)
+                return _Rescale.apply(t, *ref, *own, (fn, derivative, eps))  # type: ignore[no-any-return]
+            finally:
+                pairing.inside -= 1
 
         return forward
 
@@ -255,23 +266,158 @@ def _maxpool_rule(eps: float, pairing: _Pairing) -> Rule:
             )  # fmt: skip
 
         def forward(t: Tensor) -> Tensor:
-            if pairing.mode != "pair":
-                y, idx = pool(t)
-                pairing.record(module, (t, y, idx))
-                return y  # type: ignore[no-any-return]
-            ref, own = pairing.pair(module, t)
-            return _MaxPoolRescale.apply(t, *ref, *own, (pool, eps))  # type: ignore[no-any-return]
+            pairing.inside += 1
+            try:
+                if pairing.mode != "pair":
+                    y, idx = pool(t)
+                    pairing.record(module, (t, y, idx))
+                    return y  # type: ignore[no-any-return]
+                ref, own = pairing.pair(module, t)
+                return _MaxPoolRescale.apply(t, *ref, *own, (pool, eps))  # type: ignore[no-any-return]
+            finally:
+                pairing.inside -= 1
 
         return forward
 
     return make
 
 
-def deeplift_rules(eps: float, pairing: _Pairing) -> dict[type[nn.Module], Rule]:
-    """The module-type -> forward rules for :func:`rightfocus.hooks.paired_backward_rules`."""
-    rules: dict[type[nn.Module], Rule] = dict.fromkeys(ELEMENTWISE, _elementwise_rule(eps, pairing))
+def _activation_types(model: nn.Module | None) -> set[type[nn.Module]]:
+    """Elementwise activation modules of ``model`` beyond :data:`ELEMENTWISE`: timm's own
+    (``timm.layers.activations``: GELU, Swish, HardSwish, ...) and subclasses of the known ones."""
+    found: set[type[nn.Module]] = set()
+    for m in model.modules() if model is not None else ():
+        t = type(m)
+        if t in ELEMENTWISE:
+            continue
+        if isinstance(m, ELEMENTWISE) or t.__module__.startswith("timm.layers.activations"):
+            found.add(t)
+    return found
+
+
+def deeplift_rules(
+    eps: float, pairing: _Pairing, model: nn.Module | None = None
+) -> dict[type[nn.Module], Rule]:
+    """The module-type -> forward rules for :func:`rightfocus.hooks.paired_backward_rules`
+    (with ``model``: also its timm activation modules and subclasses of known ones)."""
+    kinds = (*ELEMENTWISE, *_activation_types(model))
+    rules: dict[type[nn.Module], Rule] = dict.fromkeys(kinds, _elementwise_rule(eps, pairing))
     rules.update(dict.fromkeys(_POOLS, _maxpool_rule(eps, pairing)))
     return rules
+
+
+# --- functional nonlinearities (F.relu, F.gelu, x.sigmoid(), ...) --------------------------------
+
+_F = torch.nn.functional
+_ELEMENTWISE_FUNCTIONS: tuple[Any, ...] = (
+    _F.relu, torch.relu, Tensor.relu, _F.relu6, _F.leaky_relu, _F.elu, _F.selu, _F.celu,
+    _F.gelu, _F.silu, _F.mish, _F.hardswish, _F.hardsigmoid, _F.hardtanh, _F.softplus,
+    _F.sigmoid, torch.sigmoid, Tensor.sigmoid, _F.tanh, torch.tanh, Tensor.tanh,
+)  # fmt: skip
+# nonlinear in two input-dependent operands (products, quotients, attention)
+_BINARY = (
+    torch.mul, Tensor.mul, Tensor.__mul__, Tensor.__rmul__, Tensor.__imul__, torch.div,
+    Tensor.div, Tensor.__truediv__, Tensor.__rtruediv__, torch.matmul, Tensor.matmul,
+    Tensor.__matmul__, torch.bmm, torch.einsum,
+)  # fmt: skip
+# nonlinear in one input-dependent operand, with no rescale rule here
+_UNARY = (
+    _F.softmax, torch.softmax, Tensor.softmax, _F.log_softmax, _F.layer_norm, _F.group_norm,
+    _F.scaled_dot_product_attention, _F.max_pool1d, _F.max_pool2d, _F.max_pool3d, torch.max,
+    Tensor.max, torch.amax, Tensor.amax, torch.exp, Tensor.exp, torch.log, Tensor.log,
+    torch.pow, Tensor.pow, Tensor.__pow__, torch.sqrt, Tensor.sqrt, torch.rsqrt, Tensor.rsqrt,
+    torch.abs, Tensor.abs, torch.clamp, Tensor.clamp, Tensor.relu_, torch.relu_,
+    Tensor.sigmoid_, Tensor.tanh_,
+)  # fmt: skip
+
+
+def _depends_on_input(value: Any) -> bool:
+    return isinstance(value, Tensor) and value.requires_grad and not isinstance(value, nn.Parameter)
+
+
+class _Unsupported(torch.autograd.Function):
+    """Identity whose backward raises: marks an operation DeepLIFT has no rule for, so that
+    the call fails only when the target score depends on it."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, message: str) -> Tensor:
+        ctx.message = message
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        raise ValueError(ctx.message)
+
+
+class _FunctionalRules(TorchFunctionMode):
+    """DeepLIFT for functional calls in a model's ``forward``, during the paired passes.
+
+    Elementwise nonlinearities called as functions (``F.relu``, ``F.gelu``, ``x.sigmoid()``)
+    get the rescale rule, paired in call order like the modules; operations that are nonlinear
+    in the input without a rule here (a product or quotient of two input-dependent tensors,
+    softmax, layer norm, functional max-pooling, ...) are refused with the name of the module
+    that called them. Calls made inside a module that already has its rule pass through.
+    """
+
+    def __init__(self, pairing: _Pairing, eps: float, stack: list[str]) -> None:
+        super().__init__()
+        self.pairing, self.eps, self.stack = pairing, eps, stack
+        self.keys: dict[Any, nn.Module] = {}
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if self.pairing.inside == 0:
+            if func in _ELEMENTWISE_FUNCTIONS and args and isinstance(args[0], Tensor):
+                return self._rescale(func, args, kwargs)
+            if self.pairing.mode == "pair" and self._nonlinear(func, args, kwargs):
+                out = func(*args, **kwargs)
+                if isinstance(out, Tensor) and out.requires_grad:
+                    return _Unsupported.apply(out, self._message(func))
+                return out
+        return func(*args, **kwargs)
+
+    @staticmethod
+    def _nonlinear(func: Any, args: Any, kwargs: Any) -> bool:
+        operands = [*args, *kwargs.values()]
+        if func in _BINARY:
+            divisor = (
+                func in (torch.div, Tensor.div, Tensor.__truediv__)
+                and len(args) > 1
+                and _depends_on_input(args[1])
+            ) or (func is Tensor.__rtruediv__ and _depends_on_input(args[0]))
+            return divisor or sum(_depends_on_input(a) for a in operands) >= 2
+        return func in _UNARY and any(_depends_on_input(a) for a in operands)
+
+    def _message(self, func: Any) -> str:
+        where = self.stack[-1] if self.stack else "the model's forward"
+        name = getattr(func, "__name__", str(func))
+        return (
+            f"DeepLIFT has no rule for {name!r} called in {where!r}: it is nonlinear in the "
+            "input (a product or quotient of input-dependent tensors, a normalisation, softmax "
+            "or functional max-pooling), so the multipliers would be wrong. Use "
+            "integrated_gradients, or write the nonlinearity as an nn.Module DeepLIFT knows."
+        )
+
+    def _rescale(self, func: Any, args: Any, kwargs: Any) -> Tensor:
+        rest = args[1:]
+        opts = {k: v for k, v in kwargs.items() if k != "inplace"}
+        if func in (_F.relu, _F.relu6, _F.hardswish, _F.hardsigmoid, _F.silu, _F.mish):
+            rest = ()  # their only other argument is ``inplace``
+
+        copy = any(a is True for a in rest)  # a positional ``inplace=True``
+
+        def fn(t: Tensor) -> Tensor:
+            return func(t.clone() if copy else t, *rest, **opts)  # type: ignore[no-any-return]
+
+        key = self.keys.setdefault(func, nn.Identity())
+        t = args[0]
+        if self.pairing.mode != "pair":
+            y = fn(t)
+            self.pairing.record(key, (t, y))
+            return y
+        ref, own = self.pairing.pair(key, t)
+        rule = (fn, _autograd_derivative(fn), self.eps)
+        return _Rescale.apply(t, *ref, *own, rule)  # type: ignore[no-any-return]
 
 
 def paired_deeplift(
@@ -291,9 +437,18 @@ def paired_deeplift(
     derivatives when the result is differentiated w.r.t. the parameters, so an extra, ordinary
     pass on ``x`` supplies graph-connected values, and the reference pass keeps its graph.
     """
+    refuse_unsupported(
+        model,
+        "DeepLIFT",
+        "Use integrated_gradients (which needs no rule per layer) or occlusion for this model.",
+    )
     pairing = _Pairing(true_copy=create_graph)
     xa = x if (create_graph and x.requires_grad) else x.detach().requires_grad_(True)
-    with hooks.paired_backward_rules(model, deeplift_rules(eps, pairing)):
+    with (
+        hooks.module_call_stack(model) as stack,
+        hooks.paired_backward_rules(model, deeplift_rules(eps, pairing, model)),
+        _FunctionalRules(pairing, eps, stack),
+    ):
         with torch.set_grad_enabled(create_graph):
             out_ref = model(ref)
         if create_graph:

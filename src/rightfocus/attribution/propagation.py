@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from rightfocus import hooks
 from rightfocus.attribution._canonizers import (
+    densenet_forward,
     explicit_block_forward,
     find_batchnorm_merges,
     is_linear_layer,
@@ -49,6 +50,7 @@ from rightfocus.attribution._lrp_rules import (
     parse_rule,
     stabilize,
 )
+from rightfocus.attribution._unsupported import refuse_unsupported
 from rightfocus.attribution.base import Attribution, register_method
 from rightfocus.attribution.targets import Target, fix_target, select
 
@@ -170,6 +172,7 @@ class _Session:
     def __init__(self, rules: dict[nn.Module, Rule], merges: dict[nn.Module, nn.Module],
                  blocks: list[nn.Module], stabilizer: float, mode: str) -> None:  # fmt: skip
         self.rules, self.merges, self.blocks = rules, merges, blocks
+        self.model: nn.Module | None = None  # set for canonizers that rewrite the whole model
         self.stabilizer = stabilizer
         self.mode = mode
         self._captured: dict[int, deque[tuple[tuple[Tensor, ...], tuple[int, ...]]]] = {}
@@ -189,6 +192,12 @@ class _Session:
             out[bn] = self._merged_bn_patch(bn)
         for block in self.blocks:
             out[block] = self._block_patch(block)
+        if self.model is not None:
+            pool = nn.AdaptiveAvgPool2d(1)
+            forward = densenet_forward(self.model, pool)
+            if forward is not None:
+                out[pool] = self._norm_patch(pool, Norm(self.stabilizer))
+                out[self.model] = lambda _original: forward
         return out
 
     def _block_patch(self, block: nn.Module) -> Callable[..., Callable[[Tensor], Tensor]]:
@@ -439,6 +448,12 @@ class LRP(Attribution):
     unlisted layers use their gradient; batch norms that are not merged pass. As in Zennit, the
     "first layer" of a preset is the first matching module in registration order.
 
+    Refused with an error naming the module (never a silently wrong map): LayerNorm-type
+    normalisation, attention, squeeze-excitation gating, self-gated activations (GELU, SiLU,
+    Hardswish, Mish), batch norms fused with an activation, and residual blocks whose sum is a
+    functional add (every block but torchvision's ResNet ones, which are canonized). DenseNet's
+    concatenation needs no rule: its gradient hands each part its own relevance exactly.
+
     Deliberate differences from Zennit: a merged batch norm becomes an exact identity (Zennit's
     canonizer leaves a factor ``1 / sqrt(1 + eps)`` per batch norm, ~1e-4 relative on VGG-11);
     the box rule refuses inputs outside ``[low, high]``.
@@ -449,8 +464,9 @@ class LRP(Attribution):
             other rules' denominators away from zero.
         low, high: the input's range for the box rule (numbers or per-channel tensors).
         canonize: merge each eval-mode BatchNorm into the preceding layer and make torchvision
-            ResNet residual sums explicit (relevance splits over both branches), for one call;
-            the model itself is never changed.
+            ResNet residual sums explicit (relevance splits over both branches) and a
+            torchvision DenseNet's global pooling a ``norm`` layer, for one call; the model
+            itself is never changed.
         create_graph: keep the relevance differentiable w.r.t. the parameters (and ``x``); it
             then runs two forward passes (one records the true inputs, one propagates) and needs a
             deterministic forward with BatchNorm in eval mode.
@@ -521,6 +537,12 @@ class LRP(Attribution):
         return rules
 
     def _session(self, model: nn.Module, mode: str) -> _Session:
+        refuse_unsupported(
+            model,
+            "LRP",
+            "Use a gradient method (saliency, integrated_gradients), occlusion or a CAM for this "
+            "model, or pass a model built from Conv/Linear/BatchNorm/ReLU-type layers.",
+        )
         merges = find_batchnorm_merges(model) if self.canonize else {}
         bns = [m for m in model.modules() if isinstance(m, _BATCH_NORMS) and m.training]
         if bns and (merges or mode != "fast"):
@@ -532,7 +554,9 @@ class LRP(Attribution):
         for bn in merges.values():
             rules.pop(bn, None)
         blocks = residual_blocks(model) if self.canonize else []
-        return _Session(rules, merges, blocks, self.stabilizer, mode)
+        session = _Session(rules, merges, blocks, self.stabilizer, mode)
+        session.model = model if self.canonize else None
+        return session
 
     def _attribute(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
         if self.create_graph:
