@@ -70,18 +70,20 @@ class _Group(TyperGroup):
         prog_name: str | None = None,
         complete_var: str | None = None,
         standalone_mode: bool = True,
+        windows_expand_args: bool = True,
         **extra: Any,
     ) -> Any:
+        kw: dict[str, Any] = {"windows_expand_args": windows_expand_args, **extra}
         if not standalone_mode:
-            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **kw)
         try:
-            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **kw)
         except typer.Abort:
             _print_error("aborted")
             sys.exit(1)
         except typer.TyperException as err:  # usage errors: bad option, missing argument, ...
             if type(err).__name__ == "NoArgsIsHelpError":
-                err.show()  # type: ignore[attr-defined]  (prints the help)
+                err.show()  # type: ignore[attr-defined]  # prints the help
                 sys.exit(2)
             ctx = getattr(err, "ctx", None)
             hint = f"see `{ctx.command_path} --help`" if ctx is not None else None

@@ -68,7 +68,8 @@ class PairedImageDataset(Dataset[tuple[Tensor, int, Tensor]]):
         transform: Callable[..., tuple[Tensor, Tensor]] | None = None,
         mask_threshold: float | None = None,
     ) -> None:
-        self.transform = transform or PairedTransform(image_size, normalization, augment)
+        norm = None if normalization is None else tuple(tuple(v) for v in normalization)
+        self.transform = transform or PairedTransform(image_size, norm, augment)  # type: ignore[arg-type]
         self.mask_threshold = mask_threshold
 
     def __len__(self) -> int:
