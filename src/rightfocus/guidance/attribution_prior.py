@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from rightfocus.guidance._masks import EmptyMaskGuard
-from rightfocus.guidance.base import Guidance, GuidedBatch, register_guidance
+from rightfocus.guidance.base import Guidance, GuidedBatch, check_weights, register_guidance
 
 __all__ = ["XGradientPrior", "gini", "gini_pairwise", "x_gradient"]
 
@@ -108,8 +108,7 @@ class XGradientPrior(Guidance):
         force: bool = False,
         empty_masks: str = "error",
     ) -> None:
-        if lam < 0 or gini_lam < 0:
-            raise ValueError(f"lam and gini_lam must be >= 0, got {lam} and {gini_lam}")
+        check_weights(lam=lam, gini_lam=gini_lam)
         if lam == 0 and gini_lam == 0:
             raise ValueError("Both lam and gini_lam are 0: set at least one to use the prior")
         if target not in ("label", "pred"):

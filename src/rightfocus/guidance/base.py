@@ -35,7 +35,14 @@ from torch.utils.data import Dataset
 
 from rightfocus._registry import GUIDANCE
 
-__all__ = ["CAPABILITIES", "Guidance", "GuidedBatch", "guided_forward", "register_guidance"]
+__all__ = [
+    "CAPABILITIES",
+    "Guidance",
+    "GuidedBatch",
+    "check_weights",
+    "guided_forward",
+    "register_guidance",
+]
 
 #: Capability class attributes copied into the registry metadata.
 CAPABILITIES = ("requires_mask", "requires_bayesian", "needs_input_grad")
@@ -127,6 +134,13 @@ class Guidance(ABC):
 
 
 G = TypeVar("G", bound=type[Guidance])
+
+
+def check_weights(**weights: float) -> None:
+    """Refuse negative loss weights: ``check_weights(lam=lam)`` raises ``lam must be >= 0``."""
+    for name, value in weights.items():
+        if not float(value) >= 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
 
 
 def register_guidance(name: str) -> Callable[[G], G]:

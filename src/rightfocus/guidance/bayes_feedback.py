@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from rightfocus import hooks
 from rightfocus._modules import is_conv, resolve_layer
 from rightfocus.guidance._masks import EmptyMaskGuard, check_pool, resize_mask
-from rightfocus.guidance.base import Guidance, GuidedBatch, register_guidance
+from rightfocus.guidance.base import Guidance, GuidedBatch, check_weights, register_guidance
 
 __all__ = ["BayesFeedback", "is_lrt_layer", "neg_log_normal_at_zero"]
 
@@ -100,8 +100,7 @@ class BayesFeedback(Guidance):
         zero_masked: bool = True,
         empty_masks: str = "error",
     ) -> None:
-        if lam < 0:
-            raise ValueError(f"lam must be >= 0, got {lam}")
+        check_weights(lam=lam)
         if not (penalty or zero_masked):
             raise ValueError(
                 "penalty and zero_masked are both off: bayes_feedback would do nothing"

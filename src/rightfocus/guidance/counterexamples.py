@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor, nn
 
+from rightfocus.data.transforms import Normalization, normalize
 from rightfocus.guidance._masks import EmptyMaskGuard
 from rightfocus.guidance.base import Guidance, GuidedBatch, register_guidance
 
@@ -17,18 +16,14 @@ def replace_with_noise(
     x: Tensor,
     mask: Tensor,
     noise01: Tensor,
-    normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+    normalization: Normalization | None = None,
 ) -> Tensor:
     """``where(mask > 0, normalise(noise01), x)``; the mask broadcasts over channels.
 
     ``noise01`` holds values in [0, 1] (image space); with ``normalization=(mean, std)`` (one
     value per channel) it is mapped like the images: ``(noise01 - mean) / std``.
     """
-    noise = noise01.to(x)
-    if normalization is not None:
-        mean, std = normalization
-        shape = (1, -1, 1, 1)
-        noise = (noise - x.new_tensor(list(mean)).view(shape)) / x.new_tensor(list(std)).view(shape)
+    noise = normalize(noise01.to(x), normalization)
     return torch.where(mask.to(torch.bool).expand_as(x), noise, x)
 
 
@@ -58,7 +53,7 @@ class Counterexamples(Guidance):
     def __init__(
         self,
         *,
-        normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+        normalization: Normalization | None = None,
         seed: int | None = None,
         empty_masks: str = "error",
     ) -> None:

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rightfocus.guidance._masks import EmptyMaskGuard
-from rightfocus.guidance.base import Guidance, GuidedBatch, register_guidance
+from rightfocus.guidance.base import Guidance, GuidedBatch, check_weights, register_guidance
 
 __all__ = ["LOG_PROB_MODES", "RRR", "explanation_score", "rrr_penalty"]
 
@@ -79,8 +79,7 @@ class RRR(Guidance):
         class_weight: Tensor | list[float] | None = None,
         empty_masks: str = "error",
     ) -> None:
-        if lam < 0:
-            raise ValueError(f"lam must be >= 0, got {lam}")
+        check_weights(lam=lam)
         if log_prob not in LOG_PROB_MODES:
             raise ValueError(f"log_prob must be one of {LOG_PROB_MODES}, got {log_prob!r}")
         self.lam = float(lam)
