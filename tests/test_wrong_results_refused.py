@@ -140,3 +140,25 @@ def test_in_memory_0_255_masks_and_nan_uncertainty_are_refused() -> None:
     probs = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
     with pytest.raises(ValueError, match="uncertainty contains NaN"):
         accuracy_rejection_curve(probs, labels, torch.tensor([0.1, float("nan")]))
+
+
+def test_a_finished_run_with_a_null_metric_reads_back_as_nan(tmp_path: Path) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from rightfocus.cli import app
+    from rightfocus.engine.config import load_config
+    from rightfocus.engine.run import prepare_run_dir, run_experiment
+
+    raw = {"runs_dir": str(tmp_path / "runs"), "data": {"dataset": "decoy_mnist"}}
+    raw["model"] = {"name": "lenet"}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(path)
+    run_dir = prepare_run_dir(cfg)
+    atomic_write_json(run_dir / "metrics.json", {"accuracy": 0.5, "auc": float("nan")})
+    out = run_experiment(cfg)
+    assert out["accuracy"] == 0.5 and math.isnan(out["auc"])
+    result = CliRunner().invoke(app, ["train", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "undefined" in result.stdout and "nan" not in result.stdout.lower()
