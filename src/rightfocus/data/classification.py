@@ -46,102 +46,100 @@ class TorchvisionClassification(PairedImageDataset):
         return image.convert("RGB"), int(label), None
 
 
-def _build(
-    name: str,
-    root: str | None,
-    download: bool,
-    make: Callable[[str], Any],
-    targets_of: Callable[[Any], list[int]],
-    image_size: int | None,
-    options: dict[str, Any],
-    default_size: int = 224,
-) -> TorchvisionClassification:
-    if root is None:
-        raise ValueError(f"{name} needs root= (torchvision's dataset root folder)")
-    topts = _transform_options(image_size, options, default_size)
-    if options:
-        raise TypeError(f"unknown option(s) for {name}: {sorted(options)}")
-    path = Path(root).expanduser()
-    base = _torchvision_call(name, path, download, lambda: make(str(path)))
-    classes = [c[0] if isinstance(c, tuple) else str(c) for c in base.classes]
-    return TorchvisionClassification(base, targets_of(base), classes, **topts)
-
-
 _META: dict[str, Any] = dict(
     in_channels=3, has_masks=False, mask_pool="max", normalization=IMAGENET_NORMALIZATION
 )
 
 
-@DATASETS.register("cifar100", num_classes=100, image_size=32, **_META)
-def cifar100(
-    split: str = "train",
-    root: str | None = None,
-    seed: int = 0,
-    image_size: int | None = None,
-    download: bool = False,
-    **options: Any,
-) -> TorchvisionClassification:
-    """CIFAR-100 (``cifar-100-python/`` under ``root``); ``seed`` unused."""
+def _register(
+    name: str,
+    title: str,
+    num_classes: int,
+    native_size: int,
+    make: Callable[[str, str, bool, dict[str, Any]], Any],
+    targets_of: Callable[[Any], list[int]],
+    summary: str,
+    own_options: dict[str, Any] | None = None,
+) -> None:
+    """Register the dataset factory ``name`` with the registry's common signature.
+
+    ``make(root, split, download, own)`` builds the torchvision dataset; ``own`` holds the
+    dataset's own options (``own_options`` with the caller's values). The registry passes
+    ``seed`` to every factory; these sets have fixed splits, so it is not used.
+    """
+
+    def factory(
+        split: str = "train",
+        root: str | None = None,
+        seed: int = 0,
+        image_size: int | None = None,
+        download: bool = False,
+        **options: Any,
+    ) -> TorchvisionClassification:
+        check_split(split)
+        if root is None:
+            raise ValueError(f"{title} needs root= (torchvision's dataset root folder)")
+        own = {k: options.pop(k, v) for k, v in (own_options or {}).items()}
+        topts = _transform_options(image_size, options, native_size)
+        if options:
+            raise TypeError(f"unknown option(s) for {title}: {sorted(options)}")
+        path = Path(root).expanduser()
+        base = _torchvision_call(
+            title, path, download, lambda: make(str(path), split, download, own)
+        )
+        classes = [c[0] if isinstance(c, tuple) else str(c) for c in base.classes]
+        return TorchvisionClassification(base, targets_of(base), classes, **topts)
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = summary
+    DATASETS.register(name, num_classes=num_classes, image_size=native_size, **_META)(factory)
+
+
+# torchvision.datasets is slow to import: each builder imports its class when it is used.
+def _cifar100(root: str, split: str, download: bool, own: dict[str, Any]) -> Any:
     from torchvision.datasets import CIFAR100
 
-    check_split(split)
-    return _build(
-        "CIFAR-100",
-        root,
-        download,
-        lambda r: CIFAR100(r, train=split == "train", download=download),
-        lambda b: list(b.targets),
-        image_size,
-        options,
-        default_size=32,
-    )
+    return CIFAR100(root, train=split == "train", download=download)
 
 
-@DATASETS.register("imagenette", num_classes=10, image_size=224, **_META)
-def imagenette(
-    split: str = "train",
-    root: str | None = None,
-    seed: int = 0,
-    image_size: int | None = None,
-    download: bool = False,
-    size: str = "full",
-    **options: Any,
-) -> TorchvisionClassification:
-    """Imagenette (torchvision layout; ``size`` full/320px/160px; test = its ``val``)."""
+def _imagenette(root: str, split: str, download: bool, own: dict[str, Any]) -> Any:
     from torchvision.datasets import Imagenette
 
-    check_split(split)
     tv_split = "train" if split == "train" else "val"
-    return _build(
-        "Imagenette",
-        root,
-        download,
-        lambda r: Imagenette(r, split=tv_split, size=size, download=download),
-        lambda b: [label for _, label in b._samples],
-        image_size,
-        options,
-    )
+    return Imagenette(root, split=tv_split, size=own["size"], download=download)
 
 
-@DATASETS.register("food101", num_classes=101, image_size=224, **_META)
-def food101(
-    split: str = "train",
-    root: str | None = None,
-    seed: int = 0,
-    image_size: int | None = None,
-    download: bool = False,
-    **options: Any,
-) -> TorchvisionClassification:
-    """Food-101 (``food-101/`` under ``root``); ``seed`` unused."""
+def _food101(root: str, split: str, download: bool, own: dict[str, Any]) -> Any:
     from torchvision.datasets import Food101
 
-    check_split(split)
-    return _build(
-        "Food-101",
-        root,
-        download,
-        lambda r: Food101(r, split=split, download=download),
-        lambda b: list(b._labels),
-        image_size,
-        options,
-    )
+    return Food101(root, split=split, download=download)
+
+
+_register(
+    "cifar100",
+    "CIFAR-100",
+    100,
+    32,
+    _cifar100,
+    lambda b: list(b.targets),
+    "CIFAR-100 (``cifar-100-python/`` under ``root``).",
+)
+_register(
+    "imagenette",
+    "Imagenette",
+    10,
+    224,
+    _imagenette,
+    lambda b: [label for _, label in b._samples],
+    "Imagenette (torchvision layout; option ``size`` full/320px/160px; test = its ``val``).",
+    own_options={"size": "full"},
+)
+_register(
+    "food101",
+    "Food-101",
+    101,
+    224,
+    _food101,
+    lambda b: list(b._labels),
+    "Food-101 (``food-101/`` under ``root``).",
+)
