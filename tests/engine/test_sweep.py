@@ -286,6 +286,7 @@ def test_a_sweep_whose_every_trial_fails_raises(tmp_path: Path, sampler: str) ->
     assert not (tmp_path / "sweep" / BEST_FILE).exists()
 
 
+@pytest.mark.slow
 def test_sweep_killed_mid_trial_resumes_with_every_configuration_once(tmp_path: Path) -> None:
     path = _write_sweep(tmp_path, heartbeat_interval=1, grace_period=2)
     script = tmp_path / "drive.py"

@@ -1,16 +1,6 @@
-"""Hyperparameter sweeps with Optuna: configurations x folds, selected on validation metrics.
+"""Running hyperparameter sweeps with Optuna: configurations x folds, chosen on validation.
 
-A sweep file names a base experiment config and the fields to vary::
-
-    config: ../decoy_mnist_color_lenet.yaml   # relative to this file
-    params:                       # dotted config fields, each a list or a range
-      optim.lr: [1e-3, 1e-4]      # grid: a list of values
-      guidance.0.lam: {low: 1e-6, high: 1e-3, log: true}   # random / tpe: a range
-    folds: 3                      # every configuration runs on folds 0..2 (data.fold)
-    sampler: grid                 # grid | random | tpe
-    n_trials: 20                  # random / tpe only: how many configurations
-    objective: balanced_accuracy  # a metric of the validation split
-    direction: maximize
+The sweep file, its checks and the plan are :mod:`rightfocus.engine.sweep_spec`.
 
 **A trial is a configuration.** Every fold of it runs (one ``rightfocus train`` run folder
 per fold), and its objective is the mean over folds of the validation metric of each fold's
@@ -33,18 +23,15 @@ trial whose worker died goes stale after ``grace_period`` seconds and is re-queu
 same parameters (Optuna's ``RetryHeartbeatStaleTrialCallback``). Run folders are
 deterministic, so the retry skips finished folds and resumes the interrupted one from its
 last checkpoint. Rerun the same command after a crash: finished trials are not rerun, failed
-and interrupted ones are retried.
-
-Everything is validated before anything runs (``--dry-run`` too): the file's keys and types,
-every param against the config schema (each grid combination, each range's ends), the
-objective against the base config's ``evaluation.metrics`` and the storage URL.
+and interrupted ones are retried. Random / TPE draws are seeded per trial number: a sweep is
+reproducible, and workers asking together draw different configurations (with several
+workers, a random / TPE sweep may finish a trial or two more than ``n_trials``).
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
-import itertools
 import json
 import math
 import signal
@@ -57,13 +44,27 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import optuna
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rightfocus._io import atomic_write_json
-from rightfocus.errors import UserError, one_line
+from rightfocus.engine.sweep_spec import (
+    RangeParam,
+    Run,
+    SweepError,
+    SweepSpec,
+    Trial,
+    check_sweep,
+    experiment_name,
+    load_sweep,
+    plan_trials,
+    run_folder,
+    run_overrides,
+    set_args,
+    storage_url,
+)
+from rightfocus.errors import one_line
 
 __all__ = [
     "BEST_FILE",
@@ -85,326 +86,6 @@ KEY = "trial_key"
 VAL_METRICS_FILE = "metrics_val.json"
 TEST_METRICS_FILE = "metrics.json"
 BEST_FILE = "best.json"
-_RUN_FIELDS = ("experiment", "run", "runs_dir")
-_FOLD_FIELDS = ("data.fold", "data.folds")
-
-
-class SweepError(UserError):
-    """A sweep file, storage URL or outcome the user must fix; the message says what to do."""
-
-
-def _one_line(err: BaseException | str) -> str:
-    return one_line(str(err))
-
-
-class RangeParam(BaseModel):
-    """A numeric range for random / TPE sampling."""
-
-    model_config = ConfigDict(extra="forbid")
-    low: float
-    high: float
-    log: bool = False
-    integer: bool = False
-
-    @model_validator(mode="after")
-    def _check(self) -> RangeParam:
-        if not self.low < self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
-        if self.log and self.low <= 0:
-            raise ValueError("a log range needs low > 0")
-        if self.integer and not (self.low.is_integer() and self.high.is_integer()):
-            raise ValueError("an integer range needs whole-number low and high")
-        return self
-
-
-class SweepSpec(BaseModel):
-    """A validated sweep file (see the module docstring)."""
-
-    model_config = ConfigDict(extra="forbid")
-    config: Path
-    params: dict[str, list[Any] | RangeParam] = Field(default_factory=dict)
-    folds: int | None = Field(default=None, ge=2)
-    sampler: Literal["grid", "random", "tpe"] = "grid"
-    n_trials: int | None = Field(default=None, ge=1)
-    objective: str = "balanced_accuracy"
-    direction: Literal["maximize", "minimize"] = "maximize"
-    storage: str | None = None
-    study_name: str | None = None
-    seed: int = 0
-    heartbeat_interval: int = Field(default=10, ge=1)
-    grace_period: int = Field(default=30, ge=2)
-    max_retry: int = Field(default=3, ge=0)
-
-    @model_validator(mode="after")
-    def _check(self) -> SweepSpec:
-        ranges = [k for k, v in self.params.items() if isinstance(v, RangeParam)]
-        empty = [k for k, v in self.params.items() if isinstance(v, list) and not v]
-        if empty:
-            raise ValueError(f"params {empty} have an empty list of values")
-        for name, values in self.params.items():
-            if isinstance(values, list):
-                keys = [json.dumps(v, sort_keys=True, default=str) for v in values]
-                if len(set(keys)) < len(keys):
-                    raise ValueError(f"params.{name} lists a value twice: {values}")
-        if self.sampler == "grid":
-            if ranges:
-                raise ValueError(
-                    f"grid sweeps need a list of values for every param; {ranges} are ranges "
-                    "(use sampler: random or tpe for ranges)"
-                )
-            if self.n_trials is not None:
-                raise ValueError("n_trials is for random / tpe; a grid runs every combination")
-        else:
-            if self.n_trials is None:
-                raise ValueError(f"sampler {self.sampler!r} needs n_trials")
-            for name, values in self.params.items():
-                if isinstance(values, list) and any(
-                    not isinstance(v, (str, int, float, bool)) and v is not None for v in values
-                ):
-                    raise ValueError(
-                        f"params.{name}: {self.sampler} sampling draws single values (numbers, "
-                        "strings, booleans); use sampler: grid for lists or mappings"
-                    )
-        reserved = [k for k in self.params if k in _RUN_FIELDS]
-        if reserved:
-            raise ValueError(f"params {reserved} name the run folder; the sweep sets them")
-        if self.folds is not None and any(k in _FOLD_FIELDS for k in self.params):
-            raise ValueError(
-                "params must not vary data.fold / data.folds when folds: is set (every "
-                "configuration already runs on every fold)"
-            )
-        if self.heartbeat_interval >= self.grace_period:
-            raise ValueError("grace_period must be longer than heartbeat_interval")
-        return self
-
-
-@dataclass(frozen=True)
-class Run:
-    """One run of a trial: the config overrides of one fold and its run folder name."""
-
-    overrides: dict[str, Any]
-    name: str
-
-
-@dataclass(frozen=True)
-class Trial:
-    """One configuration: config overrides (never the fold); it runs on every fold."""
-
-    params: dict[str, Any]
-
-    @property
-    def key(self) -> str:
-        return json.dumps(self.params, sort_keys=True, default=str)
-
-    @property
-    def name(self) -> str:
-        parts = [f"{k.split('.')[-1]}={v}" for k, v in sorted(self.params.items())]
-        digest = hashlib.sha1(self.key.encode()).hexdigest()[:8]
-        text = "_".join(parts)[:80].replace("/", "-").replace(" ", "")
-        return f"{text}_{digest}" if text else digest
-
-    def runs(self, folds: int | None) -> list[Run]:
-        """One run per fold (``data.folds``/``data.fold`` set), or one on the config's fold."""
-        if folds is None:
-            return [Run(dict(self.params), self.name)]
-        return [
-            Run({**self.params, "data.folds": folds, "data.fold": f}, f"{self.name}_fold{f}")
-            for f in range(folds)
-        ]
-
-
-def _pydantic_line(err: ValidationError) -> str:
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        if loc.startswith("params.") and loc.endswith((".list[any]", ".RangeParam")):
-            continue  # reported once, below, in the sweep's own words
-        parts.append(f"{loc}: {e['msg']}" if loc else e["msg"])
-    return "; ".join(dict.fromkeys(parts))
-
-
-def load_sweep(path: str | Path) -> SweepSpec:
-    """Read a sweep file (or a shipped one by name, e.g. ``sweeps/decoy_lambda``) with the
-    config loader (``1e-3`` is a float) and check its structure.
-
-    ``config`` is resolved relative to the file. :func:`check_sweep` checks the params and
-    the objective against the config schema.
-
-    Raises:
-        SweepError: a missing or malformed file; the one-line message says what to change.
-    """
-    from rightfocus import configs
-    from rightfocus.engine.config import ConfigError, parse_yaml
-
-    path = configs.resolve(path)
-    if not path.is_file():
-        shipped = [n for n in configs.names() if n.startswith("sweeps/")]
-        raise SweepError(
-            f"Sweep file {path} does not exist (shipped sweeps, usable by name: "
-            f"{', '.join(shipped) or 'none'})"
-        )
-    try:
-        raw = parse_yaml(path.read_text(), str(path))
-    except ConfigError as err:
-        raise SweepError(_one_line(err)) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise SweepError(f"Cannot read sweep file {path}: {err}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise SweepError(
-            f"Sweep file {path} must hold a mapping of sweep settings, not {type(raw).__name__}"
-        )
-    allowed = ", ".join(SweepSpec.model_fields)
-    unknown = [str(k) for k in raw if k not in SweepSpec.model_fields]
-    if unknown:
-        raise SweepError(f"Sweep file {path}: unknown keys {unknown}. Allowed keys: {allowed}")
-    if "config" not in raw:
-        raise SweepError(f"Sweep file {path} needs config: <base experiment YAML>")
-    params = raw.get("params") or {}
-    if not isinstance(params, dict):
-        raise SweepError(f"Sweep file {path}: params must map dotted config fields to values")
-    for name, value in params.items():
-        if not isinstance(value, list | dict):
-            raise SweepError(
-                f"Sweep file {path}: params.{name} is a single value ({value!r}); a sweep param "
-                f"needs a list of values ([{value!r}, ...]) or a range ({{low: ..., high: ...}}); "
-                "put a fixed value in the base config"
-            )
-    try:
-        spec = SweepSpec.model_validate(raw)
-    except ValidationError as err:
-        raise SweepError(f"Invalid sweep file {path}: {_pydantic_line(err)}") from None
-    if not spec.config.is_absolute():
-        spec.config = (path.parent / spec.config).resolve()
-    if not spec.config.is_file():
-        raise SweepError(f"The base config {spec.config} (config: in {path}) does not exist")
-    return spec
-
-
-# --- validation against the config schema ---------------------------------------------------
-
-
-def set_args(overrides: dict[str, Any]) -> list[str]:
-    """``--set`` values for ``overrides``, exactly as the child process receives them."""
-    return [
-        f"{key}={value if isinstance(value, str) else json.dumps(value)}"
-        for key, value in overrides.items()
-    ]
-
-
-def _candidates(spec: SweepSpec) -> list[dict[str, Any]]:
-    """Configurations to validate: every grid combination; for random / TPE each range end
-    and each listed value (the other params at their first candidate)."""
-    if spec.sampler == "grid":
-        return [t.params for t in plan_trials(spec)]
-    values: dict[str, list[Any]] = {}
-    for name, p in spec.params.items():
-        if isinstance(p, RangeParam):
-            ends = [int(p.low), int(p.high)] if p.integer else [p.low, p.high]
-            values[name] = ends
-        else:
-            values[name] = list(p)
-    first = {k: v[0] for k, v in values.items()}
-    out = [first]
-    for name, vs in values.items():
-        out += [{**first, name: v} for v in vs[1:]]
-    return out
-
-
-def check_sweep(spec: SweepSpec, sweep_dir: str | Path | None = None) -> None:
-    """Check every param and the objective against the config schema, and the storage URL.
-
-    Runs each candidate configuration (every grid combination; range ends) through the
-    config loader and the pre-training checks (``engine.validate``) with the exact ``--set``
-    values a trial gets (run folders under ``sweep_dir`` when given), so a trial cannot fail
-    on a config error after others have run. Writes nothing.
-
-    Raises:
-        SweepError: naming the param value (or objective, or URL) and what to do.
-    """
-    from rightfocus.engine.config import ConfigError, load_config
-
-    try:
-        base = load_config(spec.config)
-    except ConfigError as err:
-        raise SweepError(f"The sweep's base config is invalid: {_one_line(err)}") from None
-    if spec.folds is None and base.data.folds < 2:
-        raise SweepError(
-            f"The sweep selects on validation metrics, but the base config {spec.config} has "
-            "data.folds: 1 (no validation split); set folds: K (>= 2) in the sweep file"
-        )
-    metrics = base.evaluation.metrics
-    if spec.objective not in metrics:
-        raise SweepError(
-            f"objective {spec.objective!r} is not one of the base config's evaluation.metrics "
-            f"({', '.join(metrics)}); choose one of them or add it there"
-        )
-    from rightfocus.engine.validate import validate_experiment
-
-    for params in _candidates(spec):
-        run = Trial(params).runs(spec.folds)[0]
-        overrides = run.overrides if sweep_dir is None else _run_overrides(run, spec, sweep_dir)
-        try:
-            validate_experiment(load_config(spec.config, set_args(overrides)))
-        except ValueError as err:  # ConfigError, UserError
-            shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
-            raise SweepError(
-                f"Sweep param values {{{shown}}} give an invalid config: {_one_line(err)}"
-            ) from None
-    if spec.storage is not None:
-        storage_url(spec.storage)
-
-
-def storage_url(url: str) -> str:
-    """A checked database URL for Optuna's RDB storage.
-
-    ``postgresql://`` (no driver named) is driven by psycopg 3 (``postgresql+psycopg://``).
-
-    Raises:
-        SweepError: the URL cannot be parsed, names an unknown database, or its driver is not
-            installed.
-    """
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
-    example = "e.g. postgresql://user:password@host:5432/db or sqlite:////abs/path/sweep.db"
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError):
-        raise SweepError(f"--storage {url!r} is not a database URL; {example}") from None
-    if parsed.drivername == "postgresql":
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    shown = parsed.render_as_string(hide_password=True)
-    try:
-        dialect = parsed.get_dialect()
-    except NoSuchModuleError:
-        raise SweepError(
-            f"--storage {shown!r}: unknown database kind {parsed.drivername!r}; {example}"
-        ) from None
-    try:
-        dialect.import_dbapi()
-    except ImportError as err:
-        extra = " (pip install 'rightfocus[postgres]')" if "postgresql" in parsed.drivername else ""
-        raise SweepError(
-            f"--storage {shown!r}: the database driver is not installed{extra}: {err}"
-        ) from None
-    return parsed.render_as_string(hide_password=False)
-
-
-# --- planning ---------------------------------------------------------------------------------
-
-
-def plan_trials(spec: SweepSpec) -> list[Trial]:
-    """The grid's configurations in a fixed order (each runs on every fold)."""
-    if spec.sampler != "grid":
-        raise ValueError("only grid sweeps have a fixed plan; random/TPE trials are sampled")
-    names = list(spec.params)
-    values = [spec.params[n] for n in names]
-    return [
-        Trial(dict(zip(names, combo, strict=True)))
-        for combo in itertools.product(*values)  # type: ignore[arg-type]
-    ]
 
 
 def _distributions(spec: SweepSpec) -> dict[str, optuna.distributions.BaseDistribution]:
@@ -474,7 +155,7 @@ def _storage(spec: SweepSpec, sweep_dir: Path) -> optuna.storages.RDBStorage:
             error = err
             break
     shown = make_url(url).render_as_string(hide_password=True)
-    cause = _one_line(str(getattr(error, "orig", None) or error))
+    cause = one_line(str(getattr(error, "orig", None) or error))
     raise SweepError(f"Cannot open the sweep storage {shown}: {cause}") from None
 
 
@@ -579,23 +260,6 @@ def _default_runner(config: Path, overrides: dict[str, Any]) -> int:
 Runner = Callable[[Path, dict[str, Any]], int]
 
 
-def _experiment(spec: SweepSpec, sweep_dir: str | Path) -> str:
-    return spec.study_name or Path(sweep_dir).name
-
-
-def _run_dir(spec: SweepSpec, sweep_dir: Path, run: Run) -> Path:
-    return sweep_dir / "runs" / _experiment(spec, sweep_dir) / run.name
-
-
-def _run_overrides(run: Run, spec: SweepSpec, sweep_dir: str | Path) -> dict[str, Any]:
-    return {
-        **run.overrides,
-        "experiment": _experiment(spec, sweep_dir),
-        "run": run.name,
-        "runs_dir": str(Path(sweep_dir) / "runs"),
-    }
-
-
 def _read_metric(path: Path, name: str) -> float:
     """One metric of a metrics file; ``null`` (undefined) is NaN."""
     if not path.is_file():
@@ -665,7 +329,7 @@ def _sweep(
         raise SweepError(f"Cannot create the sweep folder {sweep_dir}: {err.strerror}") from None
     storage = storage or _storage(spec, sweep_dir)
     study = optuna.create_study(
-        study_name=_experiment(spec, sweep_dir),
+        study_name=experiment_name(spec, sweep_dir),
         storage=storage,
         load_if_exists=True,
         direction=spec.direction,
@@ -788,10 +452,10 @@ def _run_trial(
     started = time.perf_counter()
     values = []
     for r in config.runs(spec.folds):
-        run_dir = _run_dir(spec, sweep_dir, r)
+        run_dir = run_folder(spec, sweep_dir, r)
         val_file = run_dir / VAL_METRICS_FILE
         done = val_file.is_file() and (run_dir / TEST_METRICS_FILE).is_file()
-        code = 0 if done else run(spec.config, _run_overrides(r, spec, sweep_dir))
+        code = 0 if done else run(spec.config, run_overrides(r, spec, sweep_dir))
         if code != 0 or not val_file.is_file():
             why = f"exit code {code}" if code != 0 else f"no {VAL_METRICS_FILE}"
             _fail(study, trial, f"run {run_dir} failed ({why})", log)
@@ -806,7 +470,7 @@ def _run_trial(
     try:
         study.tell(trial, mean)
     except (ValueError, RuntimeError) as err:  # failed as stale by another worker meanwhile
-        log(f"trial {trial.number}: not recorded ({_one_line(err)})")
+        log(f"trial {trial.number}: not recorded ({one_line(str(err))})")
         return
     seconds = time.perf_counter() - started
     log(f"trial {trial.number}: validation {spec.objective}={mean:.4f} ({seconds:.0f} s)")
@@ -863,7 +527,7 @@ def _result(
 def _best(chosen: dict[str, Any], spec: SweepSpec, sweep_dir: Path) -> dict[str, Any]:
     """The chosen configuration with its test metrics, read here, after the choice (a metric
     undefined on some fold, ``null`` or NaN, has ``null`` mean and std)."""
-    runs = [_run_dir(spec, sweep_dir, r) for r in Trial(chosen["params"]).runs(spec.folds)]
+    runs = [run_folder(spec, sweep_dir, r) for r in Trial(chosen["params"]).runs(spec.folds)]
     test: dict[str, dict[str, Any]] = {}
     if all((d / TEST_METRICS_FILE).is_file() for d in runs):
         per_run = [json.loads((d / TEST_METRICS_FILE).read_text()) for d in runs]
