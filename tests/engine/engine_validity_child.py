@@ -8,6 +8,7 @@
     val:<e>       inside the second validation batch of epoch e
     test          inside the test evaluation (second batch)
     report        when metrics.json is about to be written (timing.json is written)
+    tune          right after the batch-size search (``batch_size: auto``) saved its checkpoint
     sigint:<n>    Ctrl-C inside the training step that follows optimizer step n
 
 ``RF_TEST_ORDER_LOG=<file>`` appends one JSON line per training step (``step``, ``epoch``,
@@ -32,7 +33,7 @@ engine_standins.install()
 import rightfocus.engine.module as module_mod  # noqa: E402
 import rightfocus.engine.run as run_mod  # noqa: E402
 from rightfocus.cli import main  # noqa: E402
-from rightfocus.engine.checkpoint import ResumeCheckpoint  # noqa: E402
+from rightfocus.engine.checkpoint import AtomicCheckpointIO, ResumeCheckpoint  # noqa: E402
 
 PHASE, _, ARG = os.environ.get("RF_TEST_KILL", "").partition(":")
 N = int(ARG) if ARG else -1
@@ -146,6 +147,17 @@ def atomic_write_json(path: Any, obj: Any) -> Any:
 
 
 run_mod.atomic_write_json = atomic_write_json  # type: ignore[assignment]
+
+_save = AtomicCheckpointIO.save_checkpoint
+
+
+def save_checkpoint(self: Any, checkpoint: Any, path: Any, storage_options: Any = None) -> None:
+    _save(self, checkpoint, path, storage_options)
+    if PHASE == "tune" and Path(path).name.startswith(".scale_batch_size_"):
+        _die()
+
+
+AtomicCheckpointIO.save_checkpoint = save_checkpoint  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     main()

@@ -402,3 +402,21 @@ def test_evaluate_refuses_a_run_that_is_being_trained(tmp_path: Path) -> None:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     assert evaluate_run(cfg.run_dir, "test") == pytest.approx(metrics)
+
+
+@pytest.mark.slow  # two command-line processes
+def test_a_run_killed_during_the_batch_size_search_leaves_no_search_files(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(json.dumps(_config(tmp_path, data={"batch_size": "auto", "folds": 1})))
+    child = Path(__file__).with_name("engine_validity_child.py")
+    cmd = [sys.executable, str(child), "train", str(config), "--quiet"]
+    run_dir = tmp_path / "runs" / "validity" / "r"
+    killed = subprocess.run(
+        cmd, env={**os.environ, "RF_TEST_KILL": "tune"}, capture_output=True, timeout=300
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert len(list(run_dir.glob(".scale_batch_size_*.ckpt"))) == 1  # what a kill leaves
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert not list(run_dir.glob(".scale_batch_size_*")) and not list(run_dir.rglob(".*.tmp"))
+    assert (run_dir / "metrics.json").is_file() and (run_dir / "batch_size.json").is_file()
