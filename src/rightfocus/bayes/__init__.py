@@ -9,8 +9,10 @@ from rightfocus.bayes.convert import (
     bayesian_layers,
     is_bayesian,
     kl,
+    mark_weights_loaded,
     to_bayesian,
     to_deterministic,
+    weights_loaded,
 )
 from rightfocus.bayes.inference import (
     MCPrediction,
@@ -31,9 +33,11 @@ __all__ = [
     "expected_entropy",
     "is_bayesian",
     "kl",
+    "mark_weights_loaded",
     "mc_predict",
     "mutual_information",
     "predictive_entropy",
     "to_bayesian",
     "to_deterministic",
+    "weights_loaded",
 ]

@@ -2,9 +2,23 @@
 
 ``to_bayesian(model)`` returns a copy in which every ``nn.Conv2d`` and ``nn.Linear`` is replaced by
 a :class:`~rightfocus.bayes.layers.BayesConv2d` / :class:`~rightfocus.bayes.layers.BayesLinear`
-whose means are the original weights and biases and whose ``rho`` is the constant ``rho_init``
-(the Bayesian-feedback paper starts from large variance, e.g. ``rho_init=-2`` on Decoy MNIST).
-``to_deterministic(model)`` returns the mean network as a plain model.
+whose ``rho`` is the constant ``rho_init`` (the Bayesian-feedback paper starts from large
+variance, e.g. ``rho_init=-2`` on Decoy MNIST) and whose means are either
+
+* ``init="paper"``: drawn fresh as in the paper's layers, Kaiming-uniform for ReLU,
+  ``mu_w ~ U(-b, b)`` with ``b = sqrt(6 / fan_in)`` (std ``sqrt(2 / fan_in)``; He et al. 2015,
+  "Delving Deep into Rectifiers"), bias means ``U(+-1/sqrt(fan_in))``; or
+* ``init="copy"``: the model's weights and biases (pretrained or trained weights become the
+  means, e.g. the paper's AlexNet starts from ImageNet weight means).
+
+The default ``init="auto"`` copies when the model's weights were loaded and draws the paper's
+init otherwise. "Loaded" means the model carries the mark set by :func:`mark_weights_loaded`:
+``rightfocus.models.zoo.load_weights_file`` and the zoo factories' ``weights=`` /
+``pretrained=True`` set it (so ``model.weights`` in a config does); a model you trained or
+loaded yourself is not marked - pass ``init="copy"`` (or call ``mark_weights_loaded``). A fresh
+PyTorch layer's default init (``kaiming_uniform_(a=sqrt(5))``) is about sqrt(6) times narrower
+than the paper's, too narrow against ``sigma = softplus(-2) = 0.127``, so it is never copied by
+default. ``to_deterministic(model)`` returns the mean network as a plain model.
 """
 
 from __future__ import annotations
@@ -16,9 +30,49 @@ from torch import Tensor, nn
 
 from rightfocus.bayes.layers import BayesConv2d, BayesLinear, check_prior, check_rho
 
-__all__ = ["bayesian_layers", "is_bayesian", "kl", "to_bayesian", "to_deterministic"]
+__all__ = [
+    "INIT_MODES",
+    "bayesian_layers",
+    "is_bayesian",
+    "kl",
+    "mark_weights_loaded",
+    "to_bayesian",
+    "to_deterministic",
+    "weights_loaded",
+]
 
 BayesLayer = BayesConv2d | BayesLinear
+
+INIT_MODES = ("auto", "paper", "copy")
+_LOADED_ATTR = "rightfocus_weights_loaded"
+
+
+def mark_weights_loaded(model: nn.Module) -> nn.Module:
+    """Mark ``model`` as carrying loaded (pretrained or trained) weights; returns it.
+
+    ``to_bayesian(model)`` (``init="auto"``) then keeps the weights as the posterior means.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, not {type(model).__name__}")
+    setattr(model, _LOADED_ATTR, True)
+    return model
+
+
+def weights_loaded(model: nn.Module) -> bool:
+    """True when ``model`` was marked by :func:`mark_weights_loaded` (copies keep the mark)."""
+    return bool(getattr(model, _LOADED_ATTR, False))
+
+
+def _check_init(init: str, model: nn.Module) -> str:
+    if init not in INIT_MODES:
+        raise ValueError(
+            f"init must be one of {', '.join(INIT_MODES)}, got {init!r}: 'paper' draws the "
+            "paper's Kaiming-uniform (ReLU) means, 'copy' keeps the model's weights as means, "
+            "'auto' copies only when the weights were loaded (bayes.weights_loaded(model))"
+        )
+    if init == "auto":
+        return "copy" if weights_loaded(model) else "paper"
+    return init
 
 
 def bayesian_layers(model: nn.Module) -> list[BayesLayer]:
@@ -51,7 +105,7 @@ def kl(model: nn.Module) -> Tensor:
     return total
 
 
-def _bayes_conv(conv: nn.Conv2d, rho_init: float, prior_sigma: float) -> BayesConv2d:
+def _bayes_conv(conv: nn.Conv2d, rho_init: float, prior_sigma: float, keep: bool) -> BayesConv2d:
     if conv.padding_mode != "zeros":
         raise ValueError(
             f"Conv2d with padding_mode={conv.padding_mode!r} cannot be converted: BayesConv2d "
@@ -69,11 +123,13 @@ def _bayes_conv(conv: nn.Conv2d, rho_init: float, prior_sigma: float) -> BayesCo
         rho_init=rho_init,
         prior_sigma=prior_sigma,
     )
-    _copy_means(new, conv.weight, conv.bias)
+    _copy_means(new, conv.weight, conv.bias, keep)
     return new
 
 
-def _bayes_linear(linear: nn.Linear, rho_init: float, prior_sigma: float) -> BayesLinear:
+def _bayes_linear(
+    linear: nn.Linear, rho_init: float, prior_sigma: float, keep: bool
+) -> BayesLinear:
     new = BayesLinear(
         linear.in_features,
         linear.out_features,
@@ -81,13 +137,16 @@ def _bayes_linear(linear: nn.Linear, rho_init: float, prior_sigma: float) -> Bay
         rho_init=rho_init,
         prior_sigma=prior_sigma,
     )
-    _copy_means(new, linear.weight, linear.bias)
+    _copy_means(new, linear.weight, linear.bias, keep)
     return new
 
 
-def _copy_means(new: BayesLayer, weight: Tensor, bias: Tensor | None) -> None:
-    """Means <- the deterministic weights; everything on the weight's device and dtype."""
+def _copy_means(new: BayesLayer, weight: Tensor, bias: Tensor | None, keep: bool) -> None:
+    """Means <- the deterministic weights when ``keep`` (else the layer's own paper init
+    stays); everything on the weight's device and dtype."""
     new.to(device=weight.device, dtype=weight.dtype)
+    if not keep:
+        return
     with torch.no_grad():
         new.mu_weight.copy_(weight)
         if bias is not None and new.mu_bias is not None:
@@ -131,10 +190,20 @@ def _replace(model: nn.Module, swap: dict[int, nn.Module]) -> None:
                 setattr(parent, name, swap[id(child)])
 
 
-def to_bayesian(model: nn.Module, rho_init: float = -3.0, prior_sigma: float = 0.1) -> nn.Module:
+def to_bayesian(
+    model: nn.Module,
+    rho_init: float = -3.0,
+    prior_sigma: float = 0.1,
+    init: str = "auto",
+) -> nn.Module:
     """A copy of ``model`` with every ``nn.Conv2d``/``nn.Linear`` turned into an LRT layer.
 
-    Means are copied from the weights and biases; every ``rho`` is ``rho_init`` (so
+    Means: ``init="paper"`` draws the paper's Kaiming-uniform (ReLU) means,
+    ``mu_w ~ U(-sqrt(6 / fan_in), sqrt(6 / fan_in))`` (He et al. 2015); ``init="copy"`` copies
+    the weights and biases; ``init="auto"`` (default) copies when the weights were loaded
+    (:func:`weights_loaded`: marked by ``load_weights_file`` / the zoo's ``weights=``,
+    ``pretrained=True``, or :func:`mark_weights_loaded`) and uses the paper's init otherwise -
+    pass ``init="copy"`` for a model you trained yourself. Every ``rho`` is ``rho_init`` (so
     ``sigma = softplus(rho_init) + 1e-8``); the prior is ``N(0, prior_sigma^2)``. Only exact
     ``nn.Conv2d``/``nn.Linear`` instances are converted (subclasses such as the output projection
     inside ``nn.MultiheadAttention`` read ``.weight`` directly and are left alone). Layers shared
@@ -142,18 +211,20 @@ def to_bayesian(model: nn.Module, rho_init: float = -3.0, prior_sigma: float = 0
 
     Example:
         >>> from rightfocus.models import LeNet
-        >>> bnn = to_bayesian(LeNet(), rho_init=-2.0)
+        >>> bnn = to_bayesian(LeNet(), rho_init=-2.0)  # fresh model: the paper's init
         >>> len(bayesian_layers(bnn))
         5
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.
-        ValueError: ``rho_init`` not finite, ``prior_sigma <= 0``, or no Conv2d/Linear layer.
+        ValueError: ``rho_init`` not finite or above ``layers.MAX_RHO_INIT``, ``prior_sigma <= 0``,
+            unknown ``init``, or no Conv2d/Linear layer.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, not {type(model).__name__}")
-    rho_init = check_rho(rho_init)
+    rho_init = check_rho(rho_init)  # finite and <= MAX_RHO_INIT
     prior_sigma = check_prior(prior_sigma)
+    copy_means = _check_init(init, model) == "copy"
     targets = [m for m in model.modules() if type(m) in (nn.Conv2d, nn.Linear)]
     if not targets:
         kind = "already Bayesian layers only" if is_bayesian(model) else "none"
@@ -163,16 +234,17 @@ def to_bayesian(model: nn.Module, rho_init: float = -3.0, prior_sigma: float = 0
         )
     if isinstance(model, (nn.Conv2d, nn.Linear)):
         # a bare layer: convert it inside a container
-        return to_bayesian(nn.Sequential(model), rho_init, prior_sigma)[0]  # type: ignore[index]
+        mode = "copy" if copy_means else "paper"
+        return to_bayesian(nn.Sequential(model), rho_init, prior_sigma, mode)[0]  # type: ignore[index]
     new_model = copy.deepcopy(model)
     swap: dict[int, nn.Module] = {}
     for module in new_model.modules():
         if id(module) in swap:
             continue
         if type(module) is nn.Conv2d:
-            swap[id(module)] = _bayes_conv(module, rho_init, prior_sigma)
+            swap[id(module)] = _bayes_conv(module, rho_init, prior_sigma, copy_means)
         elif type(module) is nn.Linear:
-            swap[id(module)] = _bayes_linear(module, rho_init, prior_sigma)
+            swap[id(module)] = _bayes_linear(module, rho_init, prior_sigma, copy_means)
     for old_id, new in swap.items():
         old = next(m for m in new_model.modules() if id(m) == old_id)
         new.train(old.training)

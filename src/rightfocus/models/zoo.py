@@ -51,7 +51,9 @@ def load_weights_file(model: nn.Module, path: str | Path, strict: bool = True) -
     if not isinstance(state, dict):
         raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
     model.load_state_dict(state, strict=strict)
-    return model
+    from rightfocus.bayes.convert import mark_weights_loaded  # to_bayesian then keeps them
+
+    return mark_weights_loaded(model)
 
 
 def build_model(name: str, **kwargs: object) -> nn.Module:
@@ -150,6 +152,10 @@ def _torchvision_model(
         _load_partial(model, _read_state(weights), load_biases)
     elif pretrained:
         _load_partial(model, _download_state(arch), load_biases)
+    if weights is not None or pretrained:
+        from rightfocus.bayes.convert import mark_weights_loaded  # to_bayesian keeps them
+
+        mark_weights_loaded(model)
     return model
 
 
