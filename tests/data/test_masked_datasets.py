@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import urllib.error
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -38,17 +39,8 @@ def _box(h: int = 20, w: int = 24) -> np.ndarray:
 # ------------------------------------------------------------------ ISIC (CDEP layout)
 
 
-def _isic(root: Path) -> None:
-    for i in range(5):
-        _rgb(root / "benign" / f"ISIC_{i:07d}.jpg", seed=i)
-    for i in range(5, 8):
-        _rgb(root / "malignant" / f"ISIC_{i:07d}.jpg", seed=i)
-    for i in (0, 1, 2):  # patch segmentations for some benign images
-        _png_mask(root / "segmentation" / f"ISIC_{i:07d}.png", _box())
-
-
-def test_isic_layout_split_masks_and_weights(tmp_path: Path) -> None:
-    _isic(tmp_path)
+def test_isic_layout_split_masks_and_weights(tmp_path: Path, write_dataset: Any) -> None:
+    write_dataset("isic", tmp_path)
     tr = DATASETS.get("isic")(split="train", root=str(tmp_path), image_size=16)
     te = DATASETS.get("isic")(split="test", root=str(tmp_path), image_size=16)
     names = {f.name for f in tr.files} | {f.name for f in te.files}
@@ -84,36 +76,8 @@ def test_isic_missing_class_folder_and_empty(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ Oxford-IIIT-Pet
 
 
-def _pet(root: Path) -> dict[str, np.ndarray]:
-    base = root / "oxford-iiit-pet"
-    trimaps = {}
-    rows = {
-        "trainval": [("Abyssinian_1", 1, 1, 1), ("american_bulldog_10", 2, 2, 1)],
-        "test": [("Abyssinian_2", 1, 1, 1)],
-    }
-    for split, items in rows.items():
-        lines = []
-        for k, (name, cls, species, breed) in enumerate(items):
-            _rgb(base / "images" / f"{name}.jpg", seed=k)
-            tri = np.full((20, 24), 2, dtype=np.uint8)  # background
-            tri[4:16, 6:18] = 1  # pet
-            tri[4, 6:18] = 3  # border
-            Image.fromarray(tri, mode="L").save(
-                _mk(base / "annotations" / "trimaps" / f"{name}.png")
-            )
-            trimaps[name] = tri
-            lines.append(f"{name} {cls} {species} {breed}")
-        (base / "annotations" / f"{split}.txt").write_text("\n".join(lines) + "\n")
-    return trimaps
-
-
-def _mk(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def test_oxford_pet_mask_is_background(tmp_path: Path) -> None:
-    trimaps = _pet(tmp_path)
+def test_oxford_pet_mask_is_background(tmp_path: Path, write_dataset: Any) -> None:
+    trimaps = write_dataset("oxford_pet", tmp_path)
     ds = DATASETS.get("oxford_pet")(split="train", root=str(tmp_path), **RAW)
     assert len(ds) == 2 and ds.targets == [0, 1] and ds.classes[1] == "American Bulldog"
     for i, name in enumerate(["Abyssinian_1", "american_bulldog_10"]):
@@ -126,8 +90,10 @@ def test_oxford_pet_mask_is_background(tmp_path: Path) -> None:
     )
 
 
-def test_oxford_pet_corrupt_trimap_and_image_name_the_file(tmp_path: Path) -> None:
-    _pet(tmp_path)
+def test_oxford_pet_corrupt_trimap_and_image_name_the_file(
+    tmp_path: Path, write_dataset: Any
+) -> None:
+    write_dataset("oxford_pet", tmp_path)
     base = tmp_path / "oxford-iiit-pet"
     tri = base / "annotations" / "trimaps" / "Abyssinian_1.png"
     tri.write_bytes(tri.read_bytes()[:20])
@@ -156,43 +122,12 @@ def test_oxford_pet_missing_and_offline(tmp_path: Path, monkeypatch: pytest.Monk
 # ------------------------------------------------------------------ SBD
 
 
-def _sbd(root: Path) -> None:
-    from scipy.io import savemat
-    from scipy.sparse import csc_matrix
-
-    # (name, objects as (VOC id, rows, cols)); 15 = person, 3 bird, 8 cat, 12 dog
-    items = [
-        ("2008_000002", [(3, slice(2, 8), slice(2, 9))]),  # bird only: kept
-        (
-            "2008_000003",
-            [(8, slice(2, 8), slice(2, 9)), (15, slice(10, 18), slice(10, 20))],
-        ),  # cat + person: kept
-        (
-            "2008_000007",
-            [(8, slice(2, 8), slice(2, 9)), (12, slice(10, 18), slice(10, 20))],
-        ),  # cat + dog: dropped
-        ("2008_000008", [(15, slice(2, 8), slice(2, 9))]),  # person only: dropped
-    ]
-    for k, (name, objects) in enumerate(items):
-        _rgb(root / "img" / f"{name}.jpg", seed=k)
-        seg = np.zeros((20, 24), dtype=np.uint8)
-        for cid, r, c in objects:
-            seg[r, c] = cid
-        boundaries = np.empty((20, 1), dtype=object)
-        for i in range(20):
-            boundaries[i, 0] = csc_matrix(np.zeros((20, 24), dtype=np.uint8))
-        present = np.array([[cid] for cid, _, _ in objects], dtype=np.uint8)
-        gtcls = {"Segmentation": seg, "Boundaries": boundaries, "CategoriesPresent": present}
-        savemat(_mk(root / "cls" / f"{name}.mat"), {"GTcls": gtcls})
-    names = "\n".join(n for n, _ in items) + "\n"
-    (root / "train.txt").write_text(names)
-    (root / "val.txt").write_text(names)
-
-
-def test_sbd_keeps_single_subset_class_and_masks_the_rest(tmp_path: Path) -> None:
+def test_sbd_keeps_single_subset_class_and_masks_the_rest(
+    tmp_path: Path, write_dataset: Any
+) -> None:
     from torchvision.datasets import SBDataset
 
-    _sbd(tmp_path)
+    write_dataset("sbd", tmp_path)
     # our fixture is read by torchvision itself: the .mat structure is the real one
     tv = SBDataset(str(tmp_path), image_set="train", mode="segmentation")
     assert np.asarray(tv[0][1])[3, 3] == 3
@@ -213,18 +148,8 @@ def test_sbd_missing_files(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ masked_folder / image_folder
 
 
-def _masked_folder(root: Path) -> None:
-    for split in ("train", "test"):
-        for cls in ("cat", "dog"):
-            for k in range(2):
-                arr = _rgb(root / split / "images" / cls / f"{cls}{k}.png", seed=k)
-                del arr
-                if k == 0:
-                    _png_mask(root / split / "masks" / cls / f"{cls}{k}.png", _box())
-
-
-def test_masked_folder_reads_masks_and_zero_for_missing(tmp_path: Path) -> None:
-    _masked_folder(tmp_path)
+def test_masked_folder_reads_masks_and_zero_for_missing(tmp_path: Path, write_dataset: Any) -> None:
+    write_dataset("masked_folder", tmp_path)
     ds = DATASETS.get("masked_folder")(split="test", root=str(tmp_path), **RAW)
     assert ds.classes == ["cat", "dog"] and ds.targets == [0, 0, 1, 1]
     assert torch.equal(ds[0][2][0], torch.from_numpy(_box()).float())
