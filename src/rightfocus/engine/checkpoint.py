@@ -211,7 +211,8 @@ class ResumeCheckpoint(pl.Callback):
         if n is None or trainer.global_step == 0 or trainer.global_step % n:
             return
         progress = trainer.fit_loop.epoch_loop.batch_progress
-        if progress.is_last_batch or progress.current.processed >= trainer.num_training_batches:
+        done = getattr(progress.current, "processed", progress.current.completed)
+        if progress.is_last_batch or done >= trainer.num_training_batches:
             return  # the epoch-end checkpoint (after validation) follows
         trainer.save_checkpoint(self.path, weights_only=False)
 

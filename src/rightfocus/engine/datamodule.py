@@ -247,7 +247,8 @@ class ExperimentData(pl.LightningDataModule):
         trainer = self.trainer
         if trainer is None:
             return None
-        return int(trainer.fit_loop.epoch_progress.current.processed)
+        current = trainer.fit_loop.epoch_progress.current
+        return int(getattr(current, "processed", current.completed))
 
     def train_dataloader(self) -> ResumableDataLoader:
         assert self.train_dataset is not None, "call setup('fit') first"
