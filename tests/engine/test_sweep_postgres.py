@@ -93,7 +93,11 @@ def _free_port() -> int:
 def postgres_url() -> Iterator[str]:
     bindir = _postgres_bin()
     as_user, uid, gid = _unprivileged()
-    root = Path(tempfile.mkdtemp(prefix="rightfocus-pg-"))  # /tmp: traversable by the user
+    # the server's user must be able to reach its folder: /tmp when TMPDIR is private
+    parent = Path(tempfile.gettempdir())
+    if as_user and not all(os.stat(p).st_mode & 0o001 for p in [parent, *parent.parents]):
+        parent = Path("/tmp")
+    root = Path(tempfile.mkdtemp(prefix="rightfocus-pg-", dir=parent))
     os.chown(root, uid, gid)
     data, port = root / "data", _free_port()
     ctl = [*as_user, str(bindir / "pg_ctl"), "-D", str(data)]
