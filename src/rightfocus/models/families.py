@@ -7,6 +7,8 @@ Registered like the rest of the zoo (``MODELS.get(name)(num_classes=..., ...)``)
 ``pretrained=False``; pass ``weights=<local state-dict file>`` to load trained ones (loaded
 with ``weights_only=True``). Extra keyword arguments go to the timm / torchvision constructor,
 so tiny test models are a config away (``depth``, ``embed_dim``, ``growth_rate``, ...).
+The transformers are built with ``fused_attn=False`` (explicit attention, which has a double
+backward for input-gradient penalties); pass ``fused_attn=True`` for faster inference.
 
 timm is an optional dependency: ``pip install rightfocus[timm]``.
 """
@@ -31,6 +33,17 @@ def _timm() -> Any:
             "This model comes from timm, an optional dependency: pip install 'rightfocus[timm]'"
         ) from err
     return timm
+
+
+def _unfused(model: nn.Module, fused_attn: bool) -> nn.Module:
+    """Set timm's ``fused_attn`` switch on every attention block. The fused kernel
+    (``scaled_dot_product_attention``) has no double backward on CPU, which input-gradient
+    penalties (RRR, X-Gradient) and ``create_graph`` attributions need; the unfused path
+    computes the same attention explicitly."""
+    for module in model.modules():
+        if hasattr(module, "fused_attn"):
+            setattr(module, "fused_attn", bool(fused_attn))  # noqa: B010
+    return model
 
 
 def _finish(model: nn.Module, weights: str | Path | None) -> nn.Module:
@@ -91,6 +104,7 @@ def vit(
     depth: int = 12,
     num_heads: int = 12,
     weights: str | Path | None = None,
+    fused_attn: bool = False,
     **options: Any,
 ) -> nn.Module:
     """Vision transformer (Dosovitskiy et al. 2021), timm's ``VisionTransformer``; defaults are
@@ -102,7 +116,7 @@ def vit(
         img_size=image_size, patch_size=patch_size, in_chans=in_channels, num_classes=num_classes,
         embed_dim=embed_dim, depth=depth, num_heads=num_heads, **options,
     )  # fmt: skip
-    return _finish(model, weights)
+    return _finish(_unfused(model, fused_attn), weights)
 
 
 @MODELS.register("deit_distilled", target_layer="blocks.-1.norm1", input_size=224, family="timm")
@@ -115,6 +129,7 @@ def deit_distilled(
     depth: int = 12,
     num_heads: int = 3,
     weights: str | Path | None = None,
+    fused_attn: bool = False,
     **options: Any,
 ) -> nn.Module:
     """DeiT with a distillation token (Touvron et al. 2021), timm's
@@ -127,7 +142,7 @@ def deit_distilled(
         img_size=image_size, patch_size=patch_size, in_chans=in_channels, num_classes=num_classes,
         embed_dim=embed_dim, depth=depth, num_heads=num_heads, **options,
     )  # fmt: skip
-    return _finish(model, weights)
+    return _finish(_unfused(model, fused_attn), weights)
 
 
 @MODELS.register("swin", target_layer="norm", input_size=224, family="timm")
@@ -141,6 +156,7 @@ def swin(
     depths: tuple[int, ...] = (2, 2, 6, 2),
     num_heads: tuple[int, ...] = (3, 6, 12, 24),
     weights: str | Path | None = None,
+    fused_attn: bool = False,
     **options: Any,
 ) -> nn.Module:
     """Swin transformer (Liu et al. 2021), timm's ``SwinTransformer``; defaults are Swin-T.
@@ -153,7 +169,7 @@ def swin(
         in_chans=in_channels, num_classes=num_classes, embed_dim=embed_dim,
         depths=tuple(depths), num_heads=tuple(num_heads), **options,
     )  # fmt: skip
-    return _finish(model, weights)
+    return _finish(_unfused(model, fused_attn), weights)
 
 
 @MODELS.register("resnet50", target_layer="layer4", input_size=224, family="torchvision")
