@@ -70,6 +70,7 @@ INPROCESS_CASES = [
     ),
     ("[brackets] in values stay", "config: base.yaml\nparams: {model.name: ['[x]']}\n", [], "[x]"),
     ("random sampler, no n_trials", GOOD + "sampler: random\n", [], "needs n_trials"),
+    ("--out is a file", GOOD, ["--out", "{tmp}/base.yaml"], "is a file, not a folder"),
 ]
 
 
@@ -126,6 +127,7 @@ def test_refused_sweep_in_process(
     (tmp_path / "s.yaml").write_text(text)
     before = _snapshot(tmp_path)
     out = str(tmp_path / "out")
+    argv = [a.format(tmp=tmp_path) for a in argv]
     result = CliRunner().invoke(app, ["sweep", str(tmp_path / "s.yaml"), "--out", out, *argv])
     assert result.exit_code == 2, result.output
     assert expected in _one_error_line(result.stderr)

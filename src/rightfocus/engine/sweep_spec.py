@@ -304,8 +304,10 @@ def check_sweep(spec: SweepSpec, sweep_dir: str | Path | None = None) -> None:
             f"objective {spec.objective!r} is not one of the base config's evaluation.metrics "
             f"({', '.join(metrics)}); choose one of them or add it there"
         )
-    from rightfocus.engine.validate import validate_experiment
+    from rightfocus.engine.validate import check_writable, validate_experiment
 
+    if sweep_dir is not None:
+        check_writable(sweep_dir, "The sweep folder (--out)")
     for params in _candidates(spec):
         run = Trial(params).runs(spec.folds)[0]
         overrides = run.overrides if sweep_dir is None else run_overrides(run, spec, sweep_dir)
@@ -313,9 +315,8 @@ def check_sweep(spec: SweepSpec, sweep_dir: str | Path | None = None) -> None:
             validate_experiment(load_config(spec.config, set_args(overrides)))
         except ValueError as err:  # ConfigError, UserError
             shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
-            raise SweepError(
-                f"Sweep param values {{{shown}}} give an invalid config: {_one_line(err)}"
-            ) from None
+            what = f"Sweep param values {{{shown}}} give" if params else "The base config gives"
+            raise SweepError(f"{what} an invalid config: {_one_line(err)}") from None
     if spec.storage is not None:
         storage_url(spec.storage)
 
