@@ -201,6 +201,8 @@ def test_selection_uses_validation_metrics_and_reports_test_of_the_choice_only(
     assert test["auc"] == {"mean": None, "std": None, "folds": [None, None]}  # undefined: null
     saved = json.loads((tmp_path / "sweep" / BEST_FILE).read_text())
     assert saved["params"] == {"optim.lr": 2e-3} and saved["value"] == pytest.approx(0.205)
+    best_runs = [r.name for r in Trial({"optim.lr": 2e-3}).runs(2)]
+    assert saved["runs"] == [f"runs/sweep/{name}" for name in best_runs]
 
     # minimize picks the other configuration, still on validation metrics
     spec = load_sweep(_write_sweep(tmp_path, direction="minimize"))

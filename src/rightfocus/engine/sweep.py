@@ -275,9 +275,9 @@ class SweepResult:
     """A sweep's outcome: finished configurations, failed ones, and the chosen one.
 
     ``best`` holds the chosen configuration's ``params``, its validation ``value`` (mean over
-    folds) and ``fold_values``, its ``runs`` and, read only after the choice, its ``test``
-    metrics (``{metric: {"mean", "std", "folds"}}``; empty when the runs are on another
-    machine).
+    folds) and ``fold_values``, its ``runs`` (folders within the sweep folder) and, read only
+    after the choice, its ``test`` metrics (``{metric: {"mean", "std", "folds"}}``; empty
+    when the runs are on another machine).
     """
 
     trials: list[dict[str, Any]] = field(default_factory=list)
@@ -545,7 +545,7 @@ def _best(chosen: dict[str, Any], spec: SweepSpec, sweep_dir: Path) -> dict[str,
         "params": chosen["params"],
         "value": chosen["value"],
         "fold_values": chosen["fold_values"],
-        "runs": [str(d) for d in runs],
+        "runs": [d.relative_to(sweep_dir).as_posix() for d in runs],  # within the sweep folder
         "test": test,
     }
 
