@@ -39,6 +39,12 @@ class TinyCNN(nn.Module):
 
 
 @pytest.fixture
+def make_tiny_cnn() -> type[nn.Module]:
+    """The :class:`TinyCNN` class, to build one with other channels, classes or activation."""
+    return TinyCNN
+
+
+@pytest.fixture
 def tiny_cnn() -> nn.Module:
     return TinyCNN().double().eval()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.conftest import TinyCNN
 from torch import nn
 
 from rightfocus import hooks
@@ -15,8 +14,8 @@ class BoomError(RuntimeError):
 
 
 @pytest.fixture
-def model() -> nn.Module:
-    return TinyCNN().double()
+def model(make_tiny_cnn: type[nn.Module]) -> nn.Module:
+    return make_tiny_cnn().double()
 
 
 def _flags(model: nn.Module) -> list[bool]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.conftest import TinyCNN
 from torch import nn
 
 from rightfocus import METHODS, attribute
@@ -30,8 +29,8 @@ def run(name: str, model: nn.Module, x, target=None, **opts):
 
 
 @pytest.fixture
-def model() -> nn.Module:
-    return TinyCNN(in_channels=1, classes=4).eval()
+def model(make_tiny_cnn: type[nn.Module]) -> nn.Module:
+    return make_tiny_cnn(in_channels=1, classes=4).eval()
 
 
 @pytest.fixture

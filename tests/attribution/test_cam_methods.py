@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.conftest import TinyCNN
 from torch import Tensor, nn
 
 from rightfocus import attribute, hooks
@@ -153,9 +152,9 @@ def test_cam_uses_linear_row_of_class(model, x, target):
     torch.testing.assert_close(on_relu, raw, **TOL)
 
 
-def test_cam_equals_gradcam_times_positive_constant_on_gap_head():
+def test_cam_equals_gradcam_times_positive_constant_on_gap_head(make_tiny_cnn: type[nn.Module]):
     """On a GAP + linear head directly on the layer, Grad-CAM weights are w_k^c / (h w)."""
-    model = TinyCNN().double().eval()
+    model = make_tiny_cnn().double().eval()
     x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
     t = torch.tensor([1, 3])
     cam = attribute(model, x, t, "cam", layer="features.3", relu=False)

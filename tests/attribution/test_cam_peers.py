@@ -25,7 +25,6 @@ from torch import Tensor, nn
 pgc = pytest.importorskip("pytorch_grad_cam")
 captum_attr = pytest.importorskip("captum.attr")
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
-from tests.conftest import TinyCNN  # noqa: E402
 
 from rightfocus import attribute  # noqa: E402
 
@@ -92,9 +91,11 @@ def test_vs_pytorch_grad_cam_at_layer_resolution(model, x, target, name, peer, o
 
 
 @pytest.mark.parametrize(("name", "peer", "opts"), PGC)
-def test_vs_pytorch_grad_cam_full_pipeline_without_resize(name, peer, opts):
+def test_vs_pytorch_grad_cam_full_pipeline_without_resize(
+    make_tiny_cnn: type[nn.Module], name, peer, opts
+):
     """On a layer at input resolution their cv2 resize is the identity: same normalised map."""
-    model = TinyCNN(in_channels=3, classes=5).double().eval()
+    model = make_tiny_cnn(in_channels=3, classes=5).double().eval()
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     targets = [ClassifierOutputTarget(c) for c in (1, 3)]
     with getattr(pgc, peer)(model=model, target_layers=[model.features[2]]) as cam:

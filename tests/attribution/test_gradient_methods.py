@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.conftest import TinyCNN
 from torch import nn
 
 from rightfocus import attribute
@@ -47,8 +46,8 @@ def ref_integrated_gradients(
 
 
 @pytest.fixture
-def model() -> nn.Module:
-    return TinyCNN(in_channels=2, classes=5).double().eval()
+def model(make_tiny_cnn: type[nn.Module]) -> nn.Module:
+    return make_tiny_cnn(in_channels=2, classes=5).double().eval()
 
 
 @pytest.fixture
@@ -150,8 +149,8 @@ def test_integrated_gradients_internal_batch_size_gives_same_result(model, x, ta
 
 
 @pytest.mark.parametrize("act", [nn.Softplus, nn.Tanh])
-def test_integrated_gradients_completeness_smooth_cnn(act, x):
-    model = TinyCNN(in_channels=2, classes=5, act=act).double().eval()
+def test_integrated_gradients_completeness_smooth_cnn(make_tiny_cnn: type[nn.Module], act, x):
+    model = make_tiny_cnn(in_channels=2, classes=5, act=act).double().eval()
     baseline = torch.zeros_like(x)
     target = model(x).argmax(1)
     attr, delta = attribute(model, x, target, "integrated_gradients", n_steps=64, return_delta=True)
@@ -163,9 +162,11 @@ def test_integrated_gradients_completeness_smooth_cnn(act, x):
     assert bool((delta.abs() < 1e-4 * gap.abs()).all()), (delta, gap)
 
 
-def test_integrated_gradients_completeness_gap_falls_with_steps_on_relu_cnn():
+def test_integrated_gradients_completeness_gap_falls_with_steps_on_relu_cnn(
+    make_tiny_cnn: type[nn.Module],
+):
     torch.manual_seed(3)
-    model = TinyCNN(in_channels=1, classes=3).double().eval()
+    model = make_tiny_cnn(in_channels=1, classes=3).double().eval()
     x = torch.randn(6, 1, 8, 8, dtype=torch.float64)
     gaps = []
     for steps in (4, 32, 256):
@@ -190,14 +191,16 @@ def _bias_free(model: nn.Module) -> nn.Module:
     return model
 
 
-def test_x_gradient_equals_ig_zero_baseline_on_bias_free_relu_cnn(x, target):
+def test_x_gradient_equals_ig_zero_baseline_on_bias_free_relu_cnn(
+    make_tiny_cnn: type[nn.Module], x, target
+):
     """Hesse et al. 2021: on an X-DNN, input x gradient == IG with a zero baseline."""
-    model = _bias_free(TinyCNN(in_channels=2, classes=5)).double().eval()
+    model = _bias_free(make_tiny_cnn(in_channels=2, classes=5)).double().eval()
     xg = attribute(model, x, target, "input_x_gradient")
     ig = attribute(model, x, target, "integrated_gradients", n_steps=128, baseline=0.0)
     torch.testing.assert_close(ig, xg, rtol=1e-4, atol=1e-4 * float(xg.abs().max()))
     # and with biases the two differ: the test can fail.
-    biased = TinyCNN(in_channels=2, classes=5).double().eval()
+    biased = make_tiny_cnn(in_channels=2, classes=5).double().eval()
     for p in biased.parameters():
         if p.dim() == 1:
             nn.init.uniform_(p, 0.5, 1.0)

@@ -17,7 +17,6 @@ from torch import nn
 
 captum_attr = pytest.importorskip("captum.attr")
 
-from tests.conftest import TinyCNN  # noqa: E402
 
 from rightfocus import attribute  # noqa: E402
 from rightfocus.attribution.smoothing import noise_tunnel  # noqa: E402
@@ -33,8 +32,8 @@ def close(a: torch.Tensor, b: torch.Tensor) -> None:
 
 
 @pytest.fixture
-def model() -> nn.Module:
-    return TinyCNN(in_channels=3, classes=5).double().eval()
+def model(make_tiny_cnn: type[nn.Module]) -> nn.Module:
+    return make_tiny_cnn(in_channels=3, classes=5).double().eval()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.conftest import TinyCNN
 from torch import nn
 
 from rightfocus import METHODS, attribute
@@ -47,8 +46,8 @@ def reference_occlusion(model, x, target, window, strides, baseline):
 
 
 @pytest.fixture
-def model() -> nn.Module:
-    return TinyCNN(in_channels=2, classes=4).double().eval()
+def model(make_tiny_cnn: type[nn.Module]) -> nn.Module:
+    return make_tiny_cnn(in_channels=2, classes=4).double().eval()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from tests.conftest import TinyCNN
 from torch import nn
 
 from rightfocus import attribute
@@ -26,8 +25,8 @@ def ref_rise(
     return out / (masks.shape[0] * p)
 
 
-def test_batched_equals_per_mask_loop():
-    model = TinyCNN(in_channels=2, classes=3).double().eval()
+def test_batched_equals_per_mask_loop(make_tiny_cnn: type[nn.Module]):
+    model = make_tiny_cnn(in_channels=2, classes=3).double().eval()
     x = torch.rand(3, 2, 9, 11, dtype=torch.float64)
     target = torch.tensor([2, 0, 1])
     method = RISE(n_masks=20, grid_size=4, p=0.3, seed=7, internal_batch_size=7)
@@ -50,8 +49,8 @@ def test_masks_follow_the_paper():
     assert int(shifts.min()) == 0 and int(shifts.max()) == cell - 1
 
 
-def test_seeded():
-    model = TinyCNN(in_channels=1, classes=3).double().eval()
+def test_seeded(make_tiny_cnn: type[nn.Module]):
+    model = make_tiny_cnn(in_channels=1, classes=3).double().eval()
     x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
     first = attribute(model, x, None, "rise", n_masks=16, seed=1)
     torch.manual_seed(99)
@@ -81,7 +80,7 @@ def test_saliency_highest_in_the_quadrant_the_model_sees(scores):
     assert bool((gap > 2 * spread).all()), means  # top-left clearly first, the rest alike
 
 
-def test_bad_options():
+def test_bad_options(make_tiny_cnn: type[nn.Module]):
     with pytest.raises(ValueError, match="n_masks"):
         RISE(n_masks=0)
     with pytest.raises(ValueError, match="p must be"):
@@ -90,4 +89,6 @@ def test_bad_options():
         RISE(scores="softmax")
     x = torch.rand(1, 1, 8, 8, dtype=torch.float64)
     with pytest.raises(ValueError, match="cannot be broadcast"):
-        attribute(TinyCNN().double(), x, 0, "rise", n_masks=2, seed=0, baseline=torch.ones(3, 3))
+        attribute(
+            make_tiny_cnn().double(), x, 0, "rise", n_masks=2, seed=0, baseline=torch.ones(3, 3)
+        )

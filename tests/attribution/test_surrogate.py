@@ -17,7 +17,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.conftest import TinyCNN
 from torch import nn
 
 from rightfocus import attribute
@@ -92,8 +91,8 @@ def shapley_reference(game, M: int) -> torch.Tensor:
     return phi
 
 
-def test_exact_kernel_shap_equals_shapley_formula_on_a_cnn(x):
-    model = TinyCNN(in_channels=2, classes=3).double().eval()
+def test_exact_kernel_shap_equals_shapley_formula_on_a_cnn(make_tiny_cnn: type[nn.Module], x):
+    model = make_tiny_cnn(in_channels=2, classes=3).double().eval()
     labels = grid_segments(H, W, 4)
     attr = attribute(model, x, TARGET, "kernel_shap", segments=labels, baseline=0.5, seed=0)
     for i in range(x.shape[0]):
@@ -108,8 +107,8 @@ def test_exact_kernel_shap_equals_shapley_formula_on_a_cnn(x):
         torch.testing.assert_close(per_superpixel(attr[i : i + 1], labels)[0], ref)
 
 
-def test_sampled_kernel_shap_approaches_exact_on_a_cnn(x):
-    model = TinyCNN(in_channels=2, classes=3).double().eval()
+def test_sampled_kernel_shap_approaches_exact_on_a_cnn(make_tiny_cnn: type[nn.Module], x):
+    model = make_tiny_cnn(in_channels=2, classes=3).double().eval()
     labels = grid_segments(H, W, 9)
     exact = attribute(model, x, TARGET, "kernel_shap", segments=labels)
     sampled = attribute(
@@ -122,14 +121,14 @@ def test_sampled_kernel_shap_approaches_exact_on_a_cnn(x):
     )
 
 
-def test_kernel_shap_vs_captum():
+def test_kernel_shap_vs_captum(make_tiny_cnn: type[nn.Module]):
     captum_attr = pytest.importorskip("captum.attr")
     x = torch.rand(2, 3, H, W, dtype=torch.float64)
     target = torch.tensor([1, 3])
     labels = grid_segments(H, W, 4)
     mask = labels[None, None].expand(1, 3, H, W)
     linear = SuperpixelLinear(labels, torch.randn(4, 4, dtype=torch.float64))
-    cnn = TinyCNN(in_channels=3, classes=4).double().eval()
+    cnn = make_tiny_cnn(in_channels=3, classes=4).double().eval()
     for model, n, tol in ((linear, 100, 1e-4), (cnn, 600, 0.05)):
         ours = attribute(model, x, target, "kernel_shap", segments=labels, seed=0)
         torch.manual_seed(0)
@@ -184,8 +183,8 @@ def test_lime_linear_model(x):
 
 
 @pytest.mark.parametrize("method", ["kernel_shap", "lime"])
-def test_seeded_and_batch_independent_with_slic(method):
-    model = TinyCNN(in_channels=3, classes=3).double().eval()
+def test_seeded_and_batch_independent_with_slic(make_tiny_cnn: type[nn.Module], method):
+    model = make_tiny_cnn(in_channels=3, classes=3).double().eval()
     # smooth images (SLIC merges the tiny fragments it finds in pixel noise)
     x = F.interpolate(torch.rand(3, 3, 4, 4, dtype=torch.float64), size=(12, 12), mode="bilinear")
     labels = [len(torch.unique(slic_segments(img, 12))) for img in x]
@@ -210,8 +209,8 @@ def test_superpixel_mean_fill(x):
         torch.testing.assert_close(fill[:, :, region], expected[..., None].expand(-1, -1, 16))
 
 
-def test_bad_options(x):
-    model = TinyCNN(in_channels=2, classes=3).double().eval()
+def test_bad_options(make_tiny_cnn: type[nn.Module], x):
+    model = make_tiny_cnn(in_channels=2, classes=3).double().eval()
     with pytest.raises(ValueError, match="segments"):
         attribute(model, x, TARGET, "lime", segments="quickshift")
     with pytest.raises(ValueError, match="segments must have shape"):

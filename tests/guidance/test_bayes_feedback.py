@@ -147,13 +147,11 @@ def test_switches_and_combination_with_rrr() -> None:
         BayesFeedback(penalty=False, zero_masked=False)
 
 
-def test_clear_errors() -> None:
-    from tests.conftest import TinyCNN
-
+def test_clear_errors(make_tiny_cnn: type[nn.Module]) -> None:
     batch = _batch()
     assert GUIDANCE.get("bayes_feedback") is BayesFeedback
     with pytest.raises(ValueError, match="to_bayesian"):
-        guided_forward(TinyCNN(classes=3).double(), batch, [BayesFeedback()])
+        guided_forward(make_tiny_cnn(classes=3).double(), batch, [BayesFeedback()])
     model = _model()
     model.features[3] = nn.Conv2d(4, 6, 3).double()
     with pytest.raises(ValueError, match=r"not Bayesian; choose one of .*: features\.0"):

@@ -41,10 +41,8 @@ def test_penalty_equals_squared_masked_input_gradient(tiny_cnn: nn.Module, mode:
     assert terms["rrr"] > 0
 
 
-def test_rgb_mask_broadcasts_over_channels() -> None:
-    from tests.conftest import TinyCNN
-
-    model = TinyCNN(in_channels=3).double()
+def test_rgb_mask_broadcasts_over_channels(make_tiny_cnn: type[nn.Module]) -> None:
+    model = make_tiny_cnn(in_channels=3).double()
     batch = _batch(c=3)
     _, _, terms = guided_forward(model, batch, [RRR(lam=1.0)])
     jac = torch.autograd.functional.jacobian(lambda x: _score(model, x, batch.y, "sum"), batch.x)

@@ -90,10 +90,8 @@ def test_validation() -> None:
         XGradientPrior(target="all")
 
 
-def test_refuses_non_homogeneous_model_unless_forced() -> None:
-    from tests.conftest import TinyCNN
-
-    model, batch = TinyCNN(classes=3).double(), _batch()
+def test_refuses_non_homogeneous_model_unless_forced(make_tiny_cnn: type[nn.Module]) -> None:
+    model, batch = make_tiny_cnn(classes=3).double(), _batch()
     with pytest.raises(ValueError, match="force=True"):
         XGradientPrior().check(model)
     with pytest.raises(ValueError, match="force=True"):
