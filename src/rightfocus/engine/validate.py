@@ -162,11 +162,23 @@ def _check_root(config: Config) -> None:
 
 
 def _build_pool(config: Config) -> Any:
-    from rightfocus.engine.datamodule import build_dataset
+    """The train pool, built by the same registry call as ``datamodule.build_dataset`` (without
+    its ``max_train`` subset), without importing Lightning so that errors come fast."""
+    from rightfocus._registry import DATASETS
 
     d = config.data
+    options = dict(d.options)
+    if d.variant is not None:
+        options["variant"] = d.variant
     try:
-        return build_dataset(config, "train")
+        return DATASETS.get(d.dataset)(
+            split="train",
+            root=d.root,
+            seed=d.seed,
+            image_size=d.image_size,
+            download=d.download,
+            **options,
+        )
     except TypeError as err:
         key = _unexpected_keyword(err)
         if key is None:
@@ -200,7 +212,7 @@ def _check_data(config: Config, meta: dict[str, Any]) -> tuple[int | None, int |
     # datasets read from the user's files (cheap to list) are built to count samples/classes
     if forwards or d.root is not None or data_classes is None:
         pool = _build_pool(config)
-        n = len(pool)
+        n = len(pool) if d.max_train is None else min(len(pool), d.max_train)
         return n, data_classes if data_classes is not None else dataset_classes(pool)
     return d.max_train, data_classes
 
