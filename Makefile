@@ -46,6 +46,7 @@ bench: setup
 	$(BIN)/python benchmarks/metrics.py
 	$(BIN)/python benchmarks/guidance.py
 	$(BIN)/python benchmarks/engine.py
+	$(BIN)/python benchmarks/cli_errors.py
 	$(BIN)/python benchmarks/attribution.py
 
 clean:
