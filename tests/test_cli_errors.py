@@ -134,6 +134,7 @@ CASE_NAMES = [
 ]
 
 
+@pytest.mark.slow  # six console-script processes, started together: ~10 s on 2 idle cores
 @pytest.mark.parametrize("case", CASE_NAMES)
 def test_console_script_user_error_is_one_line(case: str, script_results: dict[str, Any]) -> None:
     code, stdout, stderr = script_results["results"][case]
@@ -144,6 +145,7 @@ def test_console_script_user_error_is_one_line(case: str, script_results: dict[s
     assert "Traceback" not in stdout + stderr
 
 
+@pytest.mark.slow
 def test_console_script_errors_write_nothing(script_results: dict[str, Any]) -> None:
     assert script_results["after"] == script_results["before"]
 
