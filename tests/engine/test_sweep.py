@@ -407,6 +407,29 @@ def load_sweep_from(extra: dict[str, Any]) -> Any:
     return SweepSpec.model_validate({"config": "x.yaml", "params": {}, **extra})
 
 
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:ROC-AUC is undefined")  # 30 digits lack some classes
+def test_training_child_writes_validation_and_test_metrics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rightfocus.engine.sweep import VAL_METRICS_FILE, _child, train_command
+
+    config = tmp_path / "base.yaml"
+    config.write_text(BASE.replace("max_train: 60", "max_train: 30"))
+    overrides = {"optim.lr": 1e-3, "data.folds": 2, "data.fold": 1, "runs_dir": str(tmp_path)}
+    overrides.update(experiment="e", run="r", **{"evaluation.metrics": ["balanced_accuracy"]})
+    argv = train_command(config, overrides)[3:]  # what the child process receives
+    assert argv[:2] == [str(config), "--set"]
+    assert _child(argv) == 0
+    val = json.loads((tmp_path / "e" / "r" / VAL_METRICS_FILE).read_text())
+    test = json.loads((tmp_path / "e" / "r" / "metrics.json").read_text())
+    assert 0.0 <= val["balanced_accuracy"] <= 1.0 and 0.0 <= test["balanced_accuracy"] <= 1.0
+    # a user error is one line, exit code 2
+    assert _child([str(config), "--set", "optim.lrr=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "did you mean 'lr'" in err[0]
+
+
 def test_shipped_sweeps_load_by_name() -> None:
     from rightfocus import configs
 
