@@ -48,6 +48,10 @@ bench: setup
 	$(BIN)/python benchmarks/engine.py
 	$(BIN)/python benchmarks/cli_errors.py
 	$(BIN)/python benchmarks/attribution.py
+	$(BIN)/python benchmarks/memory.py
+	$(BIN)/python benchmarks/multitarget.py
+	$(BIN)/python benchmarks/quantus_metrics.py
+	$(BIN)/python benchmarks/report.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .mypy_cache .ruff_cache

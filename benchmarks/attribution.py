@@ -1,28 +1,36 @@
-"""Attribution speed, side by side: rightfocus vs Captum / Zennit vs the floor (images/s).
+"""Attribution speed, side by side: rightfocus vs its peers vs the floor (images/s, one run).
 
-Same models, batches and targets for every implementation, in one run:
-- LeNet-5, 1x28x28, batch 256; torchvision ResNet-18 (random weights), 3x224x224, batch 16.
+Every registered method has an entry in :data:`TABLE` (a test checks this): the options it
+runs with on each model, and the peer libraries that have it. Same models, batches, targets
+and options for every implementation:
+
+- LeNet-5, 1x28x28, batch 256; torchvision ResNet-18 (random weights), 3x224x224, batch 16;
+  a ViT-Tiny/16 (timm, random weights), 3x224x224, batch 8, for the attention methods.
 - Floor: one forward + one ``torch.autograd.grad`` of the target scores to the input (model
-  parameters frozen, as our methods freeze them); for CAMs, to the target layer's activation.
-Repeats are interleaved (round-robin over every case) and the median time is reported, because
-the machine is shared. Rows of ``benchmarks/cam_speed.py:cam_rows(threads)`` and
-``benchmarks/attribution_tail.py:tail_rows(threads)`` are included when those files exist.
+  parameters frozen, as our methods freeze them).
+- The CAM family is timed against pytorch-grad-cam and Captum by ``benchmarks/cam_speed.py``
+  (same run, its rows are merged here).
+
+Each method is timed as one group: ours, every peer and the floor, repeats interleaved
+(round-robin) and the median kept, because the machine is shared; ratios are within a group.
+Each group's rows are printed as soon as it finishes and the results file is rewritten after
+every group, so a stopped run keeps what it measured.
 
 Usage: ``python benchmarks/attribution.py [--quick] [--only NAME] [--model M] [--threads 2]``.
-Writes ``benchmarks/results/attribution.json``.
+A complete run (no ``--only``/``--model``) writes ``benchmarks/results/attribution.json``;
+partial runs write ``benchmarks/results/attribution.partial.json`` and never touch it.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
+import copy
 import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,59 +39,149 @@ from torch import nn
 
 import rightfocus
 from rightfocus import METHODS, attribute
+from rightfocus._io import atomic_write_json
 from rightfocus.models.lenet import LeNet5
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "attribution.json"
+PARTIAL = HERE / "results" / "attribution.partial.json"
+MODELS = ("lenet5", "resnet18", "vit")
 
-# Per-model options that keep every method's cost bounded (the same for ours and the peers).
 IG_STEPS = 50
 NT_SAMPLES = 10
-KS_SAMPLES = 200  # Kernel SHAP coalitions per image (LeNet-5 only: ResNet-18 would take minutes)
-BENCH_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
-    "lenet5": {
-        "integrated_gradients": {"n_steps": IG_STEPS},
-        "occlusion": {"window": (7, 7), "strides": (7, 7)},
-        "noise": {"n_samples": NT_SAMPLES, "stdev": 0.15, "relative": False},
-        "deepshap": {"baselines": torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))},  # noqa: E501
-        "kernel_shap": {"num_samples": KS_SAMPLES, "segments": "grid", "n_segments": 16},
-    },
-    "resnet18": {
-        "integrated_gradients": {"n_steps": IG_STEPS, "internal_batch_size": 64},
-        "occlusion": {"window": (56, 56), "strides": (56, 56)},
-        "noise": {"n_samples": NT_SAMPLES, "stdev": 0.15, "relative": False,
-                  "internal_batch_size": 64},
-        "deepshap": {"baselines": torch.rand(4, 3, 224, 224, generator=torch.Generator().manual_seed(0)),  # noqa: E501
-                     "internal_batch_size": 16},
-    },
-}  # fmt: skip
-GOALS = {  # (ours, reference impl, minimum ratio ours/reference)
-    "saliency": ("floor", 0.95),
-    "input_x_gradient": ("floor", 0.95),
-    "guided_backprop": ("floor", 0.95),
-    "integrated_gradients": ("captum", 1.5),
-    "deeplift": ("captum", 1.0),
-    "deepshap": ("captum", 1.0),
-    "kernel_shap": ("captum", 1.0),
-    "lrp": ("zennit", 1.0),
-}
+_G = torch.Generator().manual_seed(0)
+LENET_REFS = torch.rand(8, 1, 28, 28, generator=_G)
+RESNET_REFS = torch.rand(4, 3, 224, 224, generator=_G)
 
 
 @dataclass
-class Case:
-    model: str
-    method: str
-    impl: str
-    batch: int
-    fn: Callable[[], Any]
-    note: str = ""
+class Entry:
+    """How a method is benchmarked: our options per model (a model missing from ``models`` is
+    not timed there, ``skip`` says why) and the peers that implement the same computation."""
+
+    models: dict[str, dict[str, Any]]
+    peers: tuple[str, ...] = ()
+    script: str = "attribution.py"
+    skip: dict[str, str] = field(default_factory=dict)
+    floor: bool = False  # report ours / floor (methods that are one gradient pass)
 
 
-def _ours(model: nn.Module, x: torch.Tensor, t: torch.Tensor, name: str, **opts: Any):
-    return lambda: attribute(model, x, t, name, **opts)
+_NT = {"n_samples": NT_SAMPLES, "stdev": 0.15, "relative": False, "seed": 0}
+_CAM = "cam_speed.py"
+TABLE: dict[str, Entry] = {
+    "saliency": Entry({"lenet5": {}, "resnet18": {}}, ("captum", "zennit"), floor=True),
+    "input_x_gradient": Entry({"lenet5": {}, "resnet18": {}}, ("captum",), floor=True),
+    "guided_backprop": Entry({"lenet5": {}, "resnet18": {}}, ("captum", "zennit"), floor=True),
+    "deconvnet": Entry({"lenet5": {}, "resnet18": {}}, ("captum", "zennit"), floor=True),
+    "integrated_gradients": Entry(
+        {"lenet5": {"n_steps": IG_STEPS}, "resnet18": {"n_steps": IG_STEPS}},
+        ("captum", "zennit"),
+    ),
+    "smoothgrad": Entry({"lenet5": _NT, "resnet18": _NT}, ("captum", "zennit")),
+    "smoothgrad_sq": Entry({"lenet5": _NT, "resnet18": _NT}, ("captum",)),
+    "vargrad": Entry({"lenet5": _NT, "resnet18": _NT}, ("captum",)),
+    "occlusion": Entry(
+        {
+            "lenet5": {"window": (7, 7), "strides": (7, 7)},
+            "resnet18": {"window": (56, 56), "strides": (56, 56)},
+        },
+        ("captum",),
+    ),
+    "lrp": Entry(
+        {"lenet5": {"composite": "epsilon_plus"}, "resnet18": {"composite": "epsilon_plus"}},
+        ("zennit", "captum"),
+    ),
+    "deeplift": Entry(
+        {"lenet5": {}, "resnet18": {}},
+        ("captum",),
+        skip={"resnet18:captum": "Captum's DeepLift refuses ResNet-18's reused ReLU modules"},
+    ),
+    "deepshap": Entry(
+        {"lenet5": {"baselines": LENET_REFS}, "resnet18": {"baselines": RESNET_REFS}},
+        ("captum",),
+        skip={"resnet18:captum": "Captum's DeepLiftShap refuses ResNet-18's reused ReLU modules"},
+    ),
+    "kernel_shap": Entry(
+        {
+            "lenet5": {"num_samples": 200, "segments": "grid", "n_segments": 16, "seed": 0},
+            "resnet18": {"num_samples": 200, "segments": "grid", "n_segments": 49, "seed": 0},
+        },
+        ("captum",),
+    ),
+    "lime": Entry(
+        {
+            "lenet5": {"num_samples": 200, "segments": "grid", "n_segments": 16, "seed": 0},
+            "resnet18": {"num_samples": 200, "segments": "grid", "n_segments": 49, "seed": 0},
+        },
+        ("captum",),
+    ),
+    "rise": Entry(
+        {
+            "lenet5": {"n_masks": 500, "grid_size": 7, "seed": 0},
+            "resnet18": {"n_masks": 200, "grid_size": 7, "seed": 0},
+        },
+        skip={"*": "no installed peer implements RISE (Captum, Zennit, pytorch-grad-cam do not)"},
+    ),
+    "attention_rollout": Entry(
+        {"vit": {}}, skip={"*": "no installed peer implements attention rollout"}
+    ),
+    "attention_gradient": Entry(
+        {"vit": {}}, skip={"*": "no installed peer implements gradient x attention"}
+    ),
+    # the CAM family: benchmarks/cam_speed.py (vs pytorch-grad-cam and Captum)
+    "cam": Entry({}, script=_CAM, skip={"*": "timed by cam_speed.py only as part of gradcam"}),
+    "gradcam": Entry({}, ("pytorch-grad-cam", "captum"), script=_CAM),
+    "gradcam_plus_plus": Entry({}, ("pytorch-grad-cam",), script=_CAM),
+    "layercam": Entry({}, ("pytorch-grad-cam",), script=_CAM),
+    "xgradcam": Entry({}, ("pytorch-grad-cam",), script=_CAM),
+    "scorecam": Entry({}, ("pytorch-grad-cam",), script=_CAM),
+    "guided_gradcam": Entry({}, ("captum",), script=_CAM),
+}
+
+GOALS = {  # method -> minimum ours / fastest peer (or floor)
+    "saliency": 0.95,  # vs floor
+    "input_x_gradient": 0.95,
+    "guided_backprop": 0.95,
+    "deconvnet": 0.95,
+}
+CHEAP = ("saliency", "input_x_gradient", "guided_backprop", "deconvnet", "lrp", "deeplift")
+"""Methods of one or two passes: on the large models the others get one round (no warm-up)."""
+QUICK_OPTIONS = {  # --quick: cheaper settings (the same for ours and the peers)
+    "integrated_gradients": {"n_steps": 10},
+    "smoothgrad": {"n_samples": 4},
+    "smoothgrad_sq": {"n_samples": 4},
+    "vargrad": {"n_samples": 4},
+    "kernel_shap": {"num_samples": 50},
+    "lime": {"num_samples": 50},
+    "rise": {"n_masks": 100},
+}
 
 
-def _floor_input(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> Callable[[], Any]:
+# --- models ----------------------------------------------------------------------------------
+
+
+def build(tag: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """Model (eval, random weights), batch and fixed random class targets for ``tag``."""
+    torch.manual_seed(0)
+    if tag == "lenet5":
+        return LeNet5().eval(), torch.rand(256, 1, 28, 28), torch.randint(0, 10, (256,))
+    if tag == "resnet18":
+        import torchvision
+
+        model = torchvision.models.resnet18(weights=None).eval()
+        return model, torch.randn(16, 3, 224, 224), torch.randint(0, 1000, (16,))
+    from rightfocus.models import build_model
+
+    vit = build_model(
+        "vit", image_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3
+    ).eval()
+    return vit, torch.randn(8, 3, 224, 224), torch.randint(0, 1000, (8,))
+
+
+# --- the floor and the peers ------------------------------------------------------------------
+
+
+def floor(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> Callable[[], Any]:
     def run() -> torch.Tensor:
         params = [p for p in model.parameters() if p.requires_grad]
         for p in params:
@@ -99,62 +197,79 @@ def _floor_input(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> Callable
     return run
 
 
-def _floor_layer(
-    model: nn.Module, x: torch.Tensor, t: torch.Tensor, layer: nn.Module
-) -> Callable[[], Any]:
-    def run() -> torch.Tensor:
-        params = [p for p in model.parameters() if p.requires_grad]
-        for p in params:
-            p.requires_grad_(False)
-        acts: list[torch.Tensor] = []
-        handle = layer.register_forward_hook(lambda _m, _i, o: acts.append(o))
-        try:
-            out = model(x.detach().requires_grad_(True))
-            return torch.autograd.grad(out.gather(1, t[:, None]).sum(), acts[0])[0]
-        finally:
-            handle.remove()
-            for p in params:
-                p.requires_grad_(True)
+def _superpixel_mask(x: torch.Tensor, n_segments: int) -> torch.Tensor:
+    from rightfocus.attribution.surrogate import grid_segments
 
-    return run
+    _, C, H, W = x.shape
+    return grid_segments(H, W, n_segments)[None, None].expand(1, C, H, W)
 
 
-def _captum_cases(tag: str, model, x, t, layer, opts) -> list[tuple[str, Callable[[], Any]]]:
-    try:
-        import captum.attr as ca
-    except ImportError:
-        return []
-    ig, occ, nt = opts["integrated_gradients"], opts["occlusion"], opts["noise"]
-    C = x.shape[1]
-    win, stride = (C, *occ["window"]), (C, *occ["strides"])
-    nt_bs = nt.get("internal_batch_size")
-    nt_kw = {"nt_samples": nt["n_samples"], "stdevs": nt["stdev"]}
-    if nt_bs:
-        nt_kw["nt_samples_batch_size"] = max(1, nt_bs // x.shape[0])
-    return [
-        ("saliency", lambda: ca.Saliency(model).attribute(x, t, abs=False)),
-        ("input_x_gradient", lambda: ca.InputXGradient(model).attribute(x, t)),
-        ("integrated_gradients", lambda: ca.IntegratedGradients(model).attribute(
-            x, target=t, n_steps=ig["n_steps"], method="gausslegendre",
-            internal_batch_size=ig.get("internal_batch_size"))),
-        ("guided_backprop", lambda: ca.GuidedBackprop(model).attribute(x, t)),
-        ("deconvnet", lambda: ca.Deconvolution(model).attribute(x, t)),
-        ("smoothgrad", lambda: ca.NoiseTunnel(ca.Saliency(model)).attribute(
-            x, nt_type="smoothgrad", target=t, abs=False, **nt_kw)),
-        ("occlusion", lambda: ca.Occlusion(model).attribute(
-            x, win, stride, baselines=0.0, target=t, perturbations_per_eval=max(1, 512 // len(x)))),
-        ("gradcam", lambda: ca.LayerGradCam(model, layer).attribute(x, t, relu_attributions=True)),
-        *_captum_reference_cases(ca, tag, model, x, t, opts),
-        *_captum_lrp_cases(ca, model, x, t),
-    ]  # fmt: skip
+def captum_case(
+    method: str, model: nn.Module, x: torch.Tensor, t: torch.Tensor, opts: dict[str, Any]
+) -> Callable[[], Any] | None:
+    """Captum's implementation of ``method`` with the same settings (None: Captum lacks it)."""
+    import captum.attr as ca
+
+    nt_kinds = {"smoothgrad": "smoothgrad", "smoothgrad_sq": "smoothgrad_sq", "vargrad": "vargrad"}
+    if method == "saliency":
+        return lambda: ca.Saliency(model).attribute(x, t, abs=False)
+    if method == "input_x_gradient":
+        return lambda: ca.InputXGradient(model).attribute(x, t)
+    if method == "guided_backprop":
+        return lambda: ca.GuidedBackprop(model).attribute(x, t)
+    if method == "deconvnet":
+        return lambda: ca.Deconvolution(model).attribute(x, t)
+    if method == "integrated_gradients":
+        # the fastest of Captum's settings measured here: all steps of the batch at once on
+        # LeNet-5; on ResNet-18 that needs ~19 GB, so 64 images per pass there
+        ibs = None if x.shape[-1] <= 64 else 64
+        return lambda: ca.IntegratedGradients(model).attribute(
+            x, target=t, n_steps=opts["n_steps"], method="gausslegendre", internal_batch_size=ibs
+        )
+    if method in nt_kinds:
+        n = opts["n_samples"]
+        per = max(1, 512 // x.shape[0]) if x.shape[-1] <= 64 else max(1, 64 // x.shape[0])
+        return lambda: ca.NoiseTunnel(ca.Saliency(model)).attribute(
+            x, nt_type=nt_kinds[method], nt_samples=n, stdevs=opts["stdev"], target=t,
+            abs=False, nt_samples_batch_size=per,
+        )  # fmt: skip
+    if method == "occlusion":
+        C = x.shape[1]
+        win, stride = (C, *opts["window"]), (C, *opts["strides"])
+        ppe = max(1, 512 // len(x)) if x.shape[-1] <= 64 else 4
+        return lambda: ca.Occlusion(model).attribute(
+            x, win, stride, baselines=0.0, target=t, perturbations_per_eval=ppe
+        )
+    if method == "deeplift":
+        ca.DeepLift(model).attribute(x[:2], 0.0, t[:2])  # refusals raise here
+        return lambda: ca.DeepLift(model).attribute(x, 0.0, t)
+    if method == "deepshap":
+        refs = opts["baselines"]
+        ca.DeepLiftShap(model).attribute(x[:2], refs, t[:2])
+        return lambda: ca.DeepLiftShap(model).attribute(x, refs, t)
+    if method in ("kernel_shap", "lime"):
+        mask = _superpixel_mask(x, opts["n_segments"])
+        n = opts["num_samples"]
+        ppe = n if x.shape[-1] <= 64 else 16
+        cls = ca.KernelShap if method == "kernel_shap" else ca.Lime
+
+        def run() -> Any:  # Captum explains one image per call for these two
+            return torch.cat([
+                cls(model).attribute(x[i : i + 1], baselines=0.0, target=int(t[i]),
+                                     feature_mask=mask, n_samples=n, perturbations_per_eval=ppe)
+                for i in range(x.shape[0])
+            ])  # fmt: skip
+
+        return run
+    if method == "lrp":
+        return _captum_lrp(model, x, t)
+    return None
 
 
-def _captum_lrp_cases(ca, model, x, t) -> list[tuple[str, Callable[[], Any]]]:
+def _captum_lrp(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> Callable[[], Any] | None:
     """Captum's LRP with epsilon-plus rules (z+ = Alpha1_Beta0 on convs, epsilon on dense), on a
-    copy of the model because Captum stores its rules as module attributes; skipped with a note
-    where Captum's LRP refuses the model."""
-    import copy
-
+    copy of the model (Captum stores its rules as module attributes)."""
+    import captum.attr as ca
     from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule, EpsilonRule
 
     lrp_model = copy.deepcopy(model)
@@ -163,48 +278,18 @@ def _captum_lrp_cases(ca, model, x, t) -> list[tuple[str, Callable[[], Any]]]:
             m.rule = Alpha1_Beta0_Rule()
         elif isinstance(m, nn.Linear):
             m.rule = EpsilonRule(epsilon=1e-6)
-    try:
-        ca.LRP(lrp_model).attribute(x[:2], target=t[:2])
-    except Exception as err:  # any refusal means "not supported"
-        print(f"  captum LRP skipped: {type(err).__name__}: {err}", file=sys.stderr)
-        return []
-    return [("lrp", lambda: ca.LRP(lrp_model).attribute(x, target=t))]
+    ca.LRP(lrp_model).attribute(x[:2], target=t[:2])  # refusals raise here
+    return lambda: ca.LRP(lrp_model).attribute(x, target=t)
 
 
-def _captum_reference_cases(ca, tag, model, x, t, opts) -> list[tuple[str, Callable[[], Any]]]:
-    """DeepLift / DeepLiftShap (LeNet-5 only: Captum refuses ResNet-18's reused ReLU modules)
-    and KernelShap on the same grid of superpixels as ours (where ``opts`` has kernel_shap)."""
-    from rightfocus.attribution.surrogate import grid_segments
-
-    cases: list[tuple[str, Callable[[], Any]]] = []
-    if tag == "lenet5":
-        refs = opts["deepshap"]["baselines"]
-        cases += [
-            ("deeplift", lambda: ca.DeepLift(model).attribute(x, 0.0, t)),
-            ("deepshap", lambda: ca.DeepLiftShap(model).attribute(x, refs, t)),
-        ]
-    if "kernel_shap" in opts:
-        ks = opts["kernel_shap"]
-        _, C, H, W = x.shape
-        mask = grid_segments(H, W, ks["n_segments"])[None, None].expand(1, C, H, W)
-        n = ks["num_samples"]
-        cases.append(("kernel_shap", lambda: ca.KernelShap(model).attribute(
-            x, baselines=0.0, target=t, feature_mask=mask, n_samples=n,
-            perturbations_per_eval=n)))  # fmt: skip
-    return cases
-
-
-def _zennit_cases(model, x, t, opts) -> list[tuple[str, Callable[[], Any]]]:
-    try:
-        from zennit.attribution import Gradient, IntegratedGradients, SmoothGrad
-        from zennit.composites import DeconvNet, EpsilonPlus, GuidedBackprop
-        from zennit.torchvision import ResNetCanonizer
-    except ImportError:
-        return []
+def zennit_case(
+    method: str, model: nn.Module, x: torch.Tensor, t: torch.Tensor, opts: dict[str, Any]
+) -> Callable[[], Any] | None:
     import torchvision
+    from zennit.attribution import Gradient, IntegratedGradients, SmoothGrad
+    from zennit.composites import DeconvNet, EpsilonPlus, GuidedBackprop
+    from zennit.torchvision import ResNetCanonizer
 
-    is_resnet = isinstance(model, torchvision.models.ResNet)
-    epsilon_plus = EpsilonPlus(canonizers=[ResNetCanonizer()] if is_resnet else None)
     n_classes = model(x[:1]).shape[1]
     onehot = torch.eye(n_classes, dtype=x.dtype)[t]
 
@@ -215,200 +300,227 @@ def _zennit_cases(model, x, t, opts) -> list[tuple[str, Callable[[], Any]]]:
 
         return call
 
-    nt = opts["noise"]
-    return [
-        ("saliency", run(Gradient)),
-        ("guided_backprop", run(Gradient, GuidedBackprop())),
-        ("deconvnet", run(Gradient, DeconvNet())),
-        ("integrated_gradients", run(IntegratedGradients, n_iter=opts["integrated_gradients"]["n_steps"])),  # noqa: E501
-        ("smoothgrad", run(SmoothGrad, n_iter=nt["n_samples"], noise_level=nt["stdev"])),
-        ("lrp", run(Gradient, epsilon_plus)),
-    ]  # fmt: skip
+    if method == "saliency":
+        return run(Gradient)
+    if method == "guided_backprop":
+        return run(Gradient, GuidedBackprop())
+    if method == "deconvnet":
+        return run(Gradient, DeconvNet())
+    if method == "integrated_gradients":
+        return run(IntegratedGradients, n_iter=opts["n_steps"])
+    if method == "smoothgrad":
+        return run(SmoothGrad, n_iter=opts["n_samples"], noise_level=opts["stdev"])
+    if method == "lrp":
+        is_resnet = isinstance(model, torchvision.models.ResNet)
+        return run(Gradient, EpsilonPlus(canonizers=[ResNetCanonizer()] if is_resnet else None))
+    return None
 
 
-def build_cases(tag: str, model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> list[Case]:
-    from rightfocus._modules import last_conv
-
-    opts = BENCH_OPTIONS[tag]
-    layer = last_conv(model)
-    B = x.shape[0]
-    cases = [
-        Case(tag, "floor", "floor", B, _floor_input(model, x, t), "forward + grad to input"),
-        Case(tag, "floor_layer", "floor", B, _floor_layer(model, x, t, layer), "to last conv"),
-    ]
-    for name, cls in METHODS.items():
-        if cls.needs_layer and name != "gradcam":
-            continue  # the CAM family is timed by benchmarks/cam_speed.py
-        if name in ("smoothgrad", "smoothgrad_sq", "vargrad"):
-            method_opts = dict(opts["noise"], seed=0)
-        elif name == "kernel_shap" and name in opts:
-            method_opts = dict(opts[name], seed=0)
-        elif cls.stochastic:
-            continue  # long-tail stochastic methods: benchmarks/attribution_tail.py
-        else:
-            method_opts = dict(opts.get(name, {}))
-        cases.append(Case(tag, name, "rightfocus", B, _ours(model, x, t, name, **method_opts)))
-    for name, fn in _captum_cases(tag, model, x, t, layer, opts):
-        cases.append(Case(tag, name, "captum", B, fn))
-    for name, fn in _zennit_cases(model, x, t, opts):
-        cases.append(Case(tag, name, "zennit", B, fn))
-    return cases
+PEERS: dict[str, Callable[..., Callable[[], Any] | None]] = {
+    "captum": captum_case,
+    "zennit": zennit_case,
+}
 
 
-def time_cases(cases: list[Case], repeats: int, warmup: int = 1) -> dict[int, list[float]]:
-    """Interleaved timing: every repeat runs every case once, in order."""
-    times: dict[int, list[float]] = {i: [] for i in range(len(cases))}
+# --- timing ----------------------------------------------------------------------------------
+
+
+def interleaved(fns: list[Callable[[], Any]], repeats: int, warmup: int = 1) -> list[float]:
+    """Median seconds per function: ``warmup`` rounds, then ``repeats`` round-robin rounds."""
+    times: list[list[float]] = [[] for _ in fns]
     for rep in range(warmup + repeats):
-        for i, case in enumerate(cases):
+        for i, fn in enumerate(fns):
             start = time.perf_counter()
-            case.fn()
-            elapsed = time.perf_counter() - start
+            fn()
             if rep >= warmup:
-                times[i].append(elapsed)
-        print(f"  repeat {rep + 1}/{warmup + repeats} done", file=sys.stderr)
-    return times
+                times[i].append(time.perf_counter() - start)
+    return [statistics.median(ts) for ts in times]
 
 
-def _models() -> list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]]:
-    import torchvision
+def options_for(method: str, tag: str, quick: bool) -> dict[str, Any]:
+    opts = dict(TABLE[method].models[tag])
+    if quick:
+        opts.update(QUICK_OPTIONS.get(method, {}))
+    return opts
 
-    torch.manual_seed(0)
-    lenet = LeNet5().eval()
-    resnet = torchvision.models.resnet18(weights=None).eval()
-    x1 = torch.rand(256, 1, 28, 28)
-    x2 = torch.randn(16, 3, 224, 224)
-    return [
-        ("lenet5", lenet, x1, torch.randint(0, 10, (256,))),
-        ("resnet18", resnet, x2, torch.randint(0, 1000, (16,))),
+
+def time_method(
+    method: str, tag: str, model: nn.Module, x: torch.Tensor, t: torch.Tensor, repeats: int,
+    quick: bool,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """One group: ours, each peer that has the method, the floor where it applies."""
+    entry = TABLE[method]
+    opts = options_for(method, tag, quick)
+    impls: list[tuple[str, Callable[[], Any]]] = [
+        ("rightfocus", lambda: attribute(model, x, t, method, **opts))
     ]
+    notes: list[str] = []
+    for peer in entry.peers:
+        why = entry.skip.get(f"{tag}:{peer}")
+        if why:
+            notes.append(f"{peer}: {why}")
+            continue
+        try:
+            fn = PEERS[peer](method, model, x, t, opts)
+        except ImportError as err:
+            notes.append(f"{peer} not installed ({err})")
+            continue
+        except Exception as err:  # a peer refusing the model is a result, not a crash
+            notes.append(f"{peer} refused: {type(err).__name__}: {str(err)[:120]}")
+            continue
+        if fn is not None:
+            impls.append((peer, fn))
+    if "*" in entry.skip:
+        notes.append(entry.skip["*"])
+    impls.append(("floor", floor(model, x, t)))
+    heavy = tag != "lenet5" and method not in CHEAP
+    secs = interleaved([fn for _, fn in impls], 1 if heavy else repeats, 0 if heavy else 1)
+    B = x.shape[0]
+    by = {name: B / s for (name, _), s in zip(impls, secs)}
+    peers = {k: v for k, v in by.items() if k not in ("rightfocus", "floor")}
+    row: dict[str, Any] = {
+        "model": tag, "method": method, "batch": B, "images_per_s": by["rightfocus"],
+        "peers": peers, "floor_images_per_s": by["floor"],
+        "vs_floor": by["rightfocus"] / by["floor"],
+        "vs_fastest_peer": by["rightfocus"] / max(peers.values()) if peers else None,
+        "fastest_peer": max(peers, key=peers.__getitem__) if peers else None,
+        "options": {k: v for k, v in opts.items() if not isinstance(v, torch.Tensor)},
+        "notes": notes, "repeats": 1 if heavy else repeats, "source": "attribution.py",
+    }  # fmt: skip
+    goal = GOALS.get(method)
+    if goal is not None and entry.floor:
+        row.update(goal=goal, goal_vs="floor", met=row["vs_floor"] >= goal)
+    elif peers:
+        row.update(goal=1.0, goal_vs="fastest peer", met=row["vs_fastest_peer"] >= 1.0)
+    return [row]
 
 
-def _extra_rows(module_file: str, func: str, threads: int) -> list[dict[str, Any]]:
-    path = HERE / module_file
-    if not path.exists():
-        return []
-    spec = importlib.util.spec_from_file_location(path.stem, path)
+def cam_group(tag: str, threads: int, repeats: int) -> list[dict[str, Any]]:
+    """The CAM family rows from benchmarks/cam_speed.py, reshaped to this table's columns."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cam_speed", HERE / "cam_speed.py")
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    if not hasattr(mod, func):
-        return []
-    return [dict(row, source=module_file) for row in getattr(mod, func)(threads)]
-
-
-def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    for tag, model, x, t in _models():
-        if args.model and tag != args.model:
-            continue
-        cases = build_cases(tag, model, x, t)
-        if args.only:
-            cases = [c for c in cases if c.method in (args.only, "floor", "floor_layer")]
-        repeats = (3 if tag == "lenet5" else 1) if args.quick else (9 if tag == "lenet5" else 3)
-        print(f"{tag}: {len(cases)} cases x {repeats} repeats", file=sys.stderr)
-        times = time_cases(cases, repeats)
-        for i, case in enumerate(cases):
-            med = statistics.median(times[i])
-            rows.append(
-                {
-                    "model": case.model,
-                    "method": case.method,
-                    "impl": case.impl,
-                    "batch": case.batch,
-                    "seconds": med,
-                    "images_per_s": case.batch / med,
-                    "repeats": len(times[i]),
-                    "note": case.note,
-                }
-            )
-    return rows
-
-
-def add_ratios(rows: list[dict[str, Any]]) -> None:
-    """ours/floor and ours/peer throughput ratios, per model."""
-    by = {(r["model"], r["method"], r["impl"]): r["images_per_s"] for r in rows}
-    for r in rows:
-        if r["impl"] != "rightfocus":
-            continue
-        floor_name = "floor_layer" if METHODS.get(r["method"]).needs_layer else "floor"
-        floor = by.get((r["model"], floor_name, "floor"))
-        if floor:
-            r["vs_floor"] = r["images_per_s"] / floor
-        for peer in ("captum", "zennit"):
-            if (r["model"], r["method"], peer) in by:
-                r[f"vs_{peer}"] = r["images_per_s"] / by[(r["model"], r["method"], peer)]
-
-
-def check_goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-    for r in rows:
-        goal = GOALS.get(r["method"])
-        if r["impl"] != "rightfocus" or goal is None:
-            continue
-        ref, minimum = goal
-        ratio = r.get("vs_floor" if ref == "floor" else f"vs_{ref}")
-        if ratio is not None:
-            out.append({"model": r["model"], "method": r["method"], "vs": ref, "ratio": ratio,
-                        "goal": minimum, "met": ratio >= minimum})  # fmt: skip
+    out: list[dict[str, Any]] = []
+    for r in mod.cam_rows(threads, repeats, [tag]):
+        same = [o for o in out if o["method"] == r["method"] and o["batch"] == r["batch"]]
+        if same:
+            same[0]["peers"][r["peer"]] = r["peer_ips"]
+            row = same[0]
+        else:
+            row = {"model": tag, "method": r["method"], "batch": r["batch"],
+                   "images_per_s": r["ours_ips"], "peers": {r["peer"]: r["peer_ips"]},
+                   "notes": [], "repeats": r["rounds"], "source": "cam_speed.py"}  # fmt: skip
+            out.append(row)
+        fastest = max(row["peers"], key=row["peers"].__getitem__)
+        row["fastest_peer"] = fastest
+        row["vs_fastest_peer"] = row["images_per_s"] / row["peers"][fastest]
+        row["goal"], row["goal_vs"] = r["goal"], r["peer"]
+        row["met"] = row.get("met", True) and bool(r["met"])
     return out
 
 
-def print_table(rows: list[dict[str, Any]], goals: list[dict[str, Any]]) -> None:
-    def fmt(v: Any) -> str:
-        return f"{v:.2f}x" if isinstance(v, float) else ""
+# --- output ----------------------------------------------------------------------------------
 
-    header = f"{'model':<9} {'method':<21} {'impl':<11} {'img/s':>10} {'vs floor':>9} " \
-             f"{'vs captum':>10} {'vs zennit':>10}"  # fmt: skip
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(
-            f"{r.get('model', ''):<9} {r.get('method', ''):<21} {r.get('impl', ''):<11} "
-            f"{r.get('images_per_s', float('nan')):>10.1f} {fmt(r.get('vs_floor')):>9} "
-            f"{fmt(r.get('vs_captum')):>10} {fmt(r.get('vs_zennit')):>10}"
-        )
-    if goals:
-        print("\nGoals:")
-        for g in goals:
-            status = "met" if g["met"] else "MISSED"
-            print(f"  {g['model']:<9} {g['method']:<21} {g['ratio']:.2f}x {g['vs']} "
-                  f"(goal >= {g['goal']}x): {status}")  # fmt: skip
+
+def fmt_row(r: dict[str, Any]) -> str:
+    peers = ", ".join(f"{k} {v:.1f}" for k, v in r.get("peers", {}).items()) or "-"
+    ratio = r.get("vs_fastest_peer")
+    ratio_s = f"{ratio:.2f}x {r['fastest_peer']}" if ratio else ""
+    floor_s = f"{r['vs_floor']:.2f}x" if r.get("vs_floor") is not None else ""
+    mark = "" if r.get("met", True) else "  MISSED"
+    return (f"{r['model']:<9} {r['method']:<21} {r['images_per_s']:>10.1f}  floor {floor_s:>6}  "
+            f"{ratio_s:<24} [{peers}]{mark}")  # fmt: skip
+
+
+def meta(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    import importlib.metadata as md
+
+    versions = {}
+    for dist in ("torch", "torchvision", "captum", "zennit", "grad-cam", "quantus", "timm",
+                 "bayesian-torch", "numpy"):  # fmt: skip
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            versions[dist] = None
+    return {
+        "rightfocus": rightfocus.__version__, "versions": versions, "threads": args.threads,
+        "quick": args.quick, "python": platform.python_version(),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "cpu": _cpu_name(), "command": "python benchmarks/attribution.py " + " ".join(argv),
+        "ig_steps": IG_STEPS, "noise_samples": NT_SAMPLES,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }  # fmt: skip
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def methods_for(tag: str, only: str | None) -> list[str]:
+    names = [n for n, e in TABLE.items() if tag in e.models and e.script == "attribution.py"]
+    return [n for n in names if only in (None, n)]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    parser.add_argument("--only", default=None, help="time only this method (and the floors)")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, cheaper settings")
+    parser.add_argument("--only", default=None, help="time only this method")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument(
-        "--model",
-        choices=["lenet5", "resnet18"],
-        default=None,
-        help="time only this model (default: both)",
-    )
+    parser.add_argument("--model", choices=MODELS, default=None, help="time only this model")
     args = parser.parse_args(argv)
     if args.only and args.only not in METHODS:
         METHODS.get(args.only)  # raises with the known names
     torch.set_num_threads(args.threads)
-    rows = measure(args)
-    add_ratios(rows)
-    if not args.only:
-        rows += _extra_rows("cam_speed.py", "cam_rows", args.threads)
-        rows += _extra_rows("attribution_tail.py", "tail_rows", args.threads)
-    goals = check_goals(rows)
-    print_table(rows, goals)
-    meta = {
-        "torch": torch.__version__,
-        "rightfocus": rightfocus.__version__,
-        "threads": args.threads,
-        "quick": args.quick,
-        "python": platform.python_version(),
-        "ig_steps": IG_STEPS,
-        "noise_samples": NT_SAMPLES,
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"meta": meta, "rows": rows, "goals": goals}, indent=2))
-    print(f"\nwrote {RESULTS}")
+    full = args.only is None and args.model is None
+    out_path = RESULTS if full else PARTIAL
+    tmp_path = PARTIAL
+    info = meta(args, sys.argv[1:] if argv is None else argv)
+    rows: list[dict[str, Any]] = []
+    print(f"{'model':<9} {'method':<21} {'ours img/s':>10}  {'vs floor':>12}  "
+          f"{'vs fastest peer':<24} [peers img/s]")  # fmt: skip
+    for tag in MODELS:
+        if args.model not in (None, tag):
+            continue
+        try:
+            model, x, t = build(tag)
+        except Exception as err:  # e.g. timm missing for the ViT
+            print(f"{tag:<9} not built: {type(err).__name__}: {err}", flush=True)
+            continue
+        repeats = (2 if tag == "lenet5" else 1) if args.quick else (7 if tag == "lenet5" else 3)
+        for method in methods_for(tag, args.only):
+            try:
+                new = time_method(method, tag, model, x, t, repeats, args.quick)
+            except Exception as err:
+                new = [{"model": tag, "method": method, "error": f"{type(err).__name__}: {err}"}]
+                print(f"{tag:<9} {method:<21} ERROR {new[0]['error']}", flush=True)
+            else:
+                for r in new:
+                    print(fmt_row(r), flush=True)
+            rows += new
+            atomic_write_json(tmp_path, {"meta": info, "rows": rows, "complete": False})
+        run_cams = tag != "vit" and (args.only is None or TABLE[args.only].script == _CAM)
+        if run_cams and args.quick and tag != "lenet5":
+            print(f"{tag:<9} CAM family skipped with --quick (run cam_speed.py)", flush=True)
+        elif run_cams:
+            new = cam_group(tag, args.threads, 3 if args.quick else 5)
+            new = [r for r in new if args.only in (None, r["method"])]
+            for r in new:
+                print(fmt_row(r), flush=True)
+            rows += new
+            atomic_write_json(tmp_path, {"meta": info, "rows": rows, "complete": False})
+    atomic_write_json(out_path, {"meta": info, "rows": rows, "complete": full})
+    if full and PARTIAL.exists():
+        PARTIAL.unlink()
+    print(f"\nwrote {out_path}")
 
 
 if __name__ == "__main__":

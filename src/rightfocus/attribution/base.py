@@ -59,7 +59,10 @@ def check_input(x: Any) -> Tensor:
         raise TypeError(f"x must be a floating-point tensor, got {x.dtype}; convert with x.float()")
     if x.shape[0] == 0:
         raise ValueError("x is an empty batch (B = 0)")
-    if not bool(torch.isfinite(x).all()):
+    # one reduction: a finite sum means every value is finite (NaN or +-Inf would propagate);
+    # only a non-finite sum (maybe an overflow of large values) needs the element-wise check
+    total = x.detach().sum()
+    if not bool(torch.isfinite(total)) and not bool(torch.isfinite(x).all()):
         raise ValueError("x contains NaN or Inf values; clean or re-normalise the input first")
     return x
 

@@ -1,0 +1,178 @@
+"""Write docs/benchmarks.md from the results of one ``make bench`` run (generated; committed).
+
+Reads ``benchmarks/results/{attribution,memory,multitarget,quantus_metrics}.json`` and renders
+one Markdown page: the machine, thread count, library versions, the commands, and per method
+ours vs every peer that has it (images/s, ratio to the fastest peer and to the floor).
+Missing result files are listed as not run, never silently dropped.
+
+Usage: ``python benchmarks/report.py`` (``make bench`` runs it last).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rightfocus._io import atomic_write_text
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+DOC = HERE.parent / "docs" / "benchmarks.md"
+MODEL_TITLES = {
+    "lenet5": "LeNet-5, 1x28x28, batch 256",
+    "resnet18": "ResNet-18, 3x224x224, batch 16 (Score-CAM: batch 1)",
+    "vit": "ViT-Tiny/16 (timm), 3x224x224, batch 8",
+}
+
+
+HEADER = "| method | ours img/s | peers img/s | vs fastest peer | vs floor | goal | notes |"
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _ratio(v: float | None) -> str:
+    return f"{v:.2f}x" if isinstance(v, (int, float)) else "-"
+
+
+def attribution_section(data: dict[str, Any]) -> list[str]:
+    meta = data["meta"]
+    lines = [
+        "## Attribution methods",
+        "",
+        f"Command: `{meta['command'].strip()}`"
+        + (" (quick settings)" if meta["quick"] else "")
+        + ("" if data.get("complete") else " — **stopped early: rows below are what finished**"),
+        "",
+        "Images/s (higher is better), median of interleaved repeats. *vs fastest peer* is ours "
+        "divided by the fastest peer that has the method (>= 1.00x: we are at least as fast); "
+        "*vs floor* is ours divided by one forward + one gradient to the input. Ratios are "
+        "from the same run; absolute numbers move with the load of the shared machine.",
+        "",
+    ]
+    rows = data["rows"]
+    for tag, title in MODEL_TITLES.items():
+        mine = [r for r in rows if r.get("model") == tag]
+        if not mine:
+            continue
+        lines += [f"### {title}", "", HEADER, "|---|---:|---|---:|---:|---|---|"]
+        for r in mine:
+            if "error" in r:
+                lines.append(f"| {r['method']} | error | | | | | {r['error'][:100]} |")
+                continue
+            peers = ", ".join(f"{k} {v:.1f}" for k, v in r.get("peers", {}).items()) or "none"
+            goal = ""
+            if "goal" in r:
+                state = "met" if r.get("met") else "**missed**"
+                goal = f">= {r['goal']}x {r.get('goal_vs', '')}: {state}"
+            notes = "; ".join(r.get("notes", []))
+            lines.append(
+                f"| {r['method']} | {r['images_per_s']:.1f} | {peers} | "
+                f"{_ratio(r.get('vs_fastest_peer'))} | {_ratio(r.get('vs_floor'))} | {goal} | "
+                f"{notes} |"
+            )
+        lines.append("")
+    return lines
+
+
+def memory_section(data: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Memory: Integrated Gradients, 50 steps, ResNet-18, batch 16",
+        "",
+        "Command: `python benchmarks/memory.py`. Each case in a fresh process; peak = peak "
+        "resident memory minus the resident memory before the call. Goal: <= 2 GB at no worse "
+        "throughput than Captum's best setting.",
+        "",
+        "| case | img/s | peak GB | note |",
+        "|---|---:|---:|---|",
+    ]
+    for r in data["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['case']} | error | | {r['error']} |")
+            continue
+        note = ""
+        if "extrapolated_batch16_gb" in r:
+            note = f"batch {r['batch']}; ~{r['extrapolated_batch16_gb']:.1f} GB at batch 16"
+        lines.append(f"| {r['case']} | {r['images_per_s']:.2f} | {r['peak_gb']:.2f} | {note} |")
+    return [*lines, ""]
+
+
+def multitarget_section(data: dict[str, Any]) -> list[str]:
+    lines = [
+        f"## Several targets in one call: LeNet-5, batch {data['batch']}, "
+        f"{data['targets']} targets",
+        "",
+        "Command: `python benchmarks/multitarget.py`. One call with a `(B, 10)` target vs 10 "
+        "calls; goal >= 3x with identical results.",
+        "",
+        "| method | one call s | 10 calls s | speed-up | max abs diff | goal |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for r in data["rows"]:
+        state = "met" if r["met"] else "**missed**"
+        lines.append(f"| {r['method']} | {r['multi_s']:.3f} | {r['separate_s']:.3f} | "
+                     f"{r['speedup']:.2f}x | {r['max_abs_diff']:.1e} | {state} |")  # fmt: skip
+    return [*lines, ""]
+
+
+def quantus_section(data: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Evaluation metrics vs Quantus",
+        "",
+        "Command: `python benchmarks/quantus_metrics.py`. Same trained LeNet, "
+        f"{data['rows'][0]['images']} MNIST images, same attributions; goal >= 10x.",
+        "",
+        "| metric | Quantus equivalent | ours s | Quantus s | speed-up | agreement |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for r in data["rows"]:
+        if r["metric"] == "deletion":
+            agree = f"curves equal to {r['max_curve_difference']:.1e}"
+        else:
+            ours = list(r["ours_correlations"].values())
+            theirs = [v for k, v in r["peer_correlations"].items() if k != "original"]
+            agree = (f"same trend (ours {ours[0]:.2f} -> {ours[-1]:.2f}, Quantus "
+                     f"{theirs[0]:.2f} -> {theirs[-1]:.2f}); different random weights")  # fmt: skip
+        lines.append(f"| {r['metric']} | {r['peer']} | {r['ours_s']:.3f} | {r['peer_s']:.3f} | "
+                     f"{r['speedup']:.1f}x | {agree} |")  # fmt: skip
+    return [*lines, ""]
+
+
+def render() -> str:
+    attribution = _load("attribution") or _load("attribution.partial")
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `make bench` (`python benchmarks/report.py` from `benchmarks/results/`); "
+        "do not edit by hand.",
+        "",
+    ]
+    if attribution:
+        meta = attribution["meta"]
+        versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v)
+        lines += [
+            f"- Date: {meta['date']}; machine: {meta['cpu']} ({meta['machine']}), "
+            f"{meta['threads']} torch threads, Python {meta['python']}, shared with other jobs",
+            f"- Versions: rightfocus {meta['rightfocus']}, {versions}",
+            "",
+        ]
+        lines += attribution_section(attribution)
+    else:
+        lines += ["Attribution benchmark: not run (`python benchmarks/attribution.py`).", ""]
+    for name, section in (("memory", memory_section), ("multitarget", multitarget_section),
+                          ("quantus_metrics", quantus_section)):  # fmt: skip
+        data = _load(name)
+        lines += section(data) if data else [f"`benchmarks/{name}.py`: not run.", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main() -> None:
+    atomic_write_text(DOC, render())
+    print(f"wrote {DOC}")
+
+
+if __name__ == "__main__":
+    main()
