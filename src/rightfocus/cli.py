@@ -73,6 +73,7 @@ class _Group(TyperGroup):
         windows_expand_args: bool = True,
         **extra: Any,
     ) -> Any:
+        _state["debug"] = False  # set again by the --debug option of this invocation
         kw: dict[str, Any] = {"windows_expand_args": windows_expand_args, **extra}
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **kw)
