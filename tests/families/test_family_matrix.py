@@ -108,3 +108,60 @@ def test_method_on_family(method: str, family: str) -> None:
     finally:
         first.requires_grad_(True)
         model.eval()
+
+
+ATTENTION = [n for n in METHODS.names() if getattr(METHODS.get(n), "needs_attention", False)]
+
+
+@pytest.mark.parametrize("family", ["vit", "deit"])
+@pytest.mark.parametrize("method", ATTENTION)
+def test_attention_methods_are_batch_independent(method: str, family: str) -> None:
+    model = _model(family)
+    x, target = batch(4), torch.tensor([0, 1, 2, 3])
+    full = make(method)(model, x, target)
+    for i in range(4):
+        torch.testing.assert_close(
+            make(method)(model, x[i : i + 1], target[i : i + 1]), full[i : i + 1]
+        )
+
+
+class Failing(nn.Module):
+    """A ViT whose forward raises after the attention blocks ran."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.num_prefix_tokens = inner.num_prefix_tokens
+        self.patch_embed = inner.patch_embed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inner.forward_features(x)
+        raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize("method", ATTENTION)
+def test_attention_methods_restore_the_model_after_an_error(method: str) -> None:
+    model = Failing(build("vit"))
+    before = _state(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        make(method)(model, batch(2), None)
+    assert hooks.count_hooks(model) == 0 and _state(model) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["efficientnet", "resnet50"])
+def test_heavier_families(family: str) -> None:
+    """EfficientNet-B0 (SiLU, squeeze-excitation) and ResNet-50 at 32 x 32: CAM and gradient
+    methods work, LRP / DeepLIFT work or refuse by name (~5 s)."""
+    model = build(family)
+    x, target = batch(2), torch.tensor([1, 2])
+    for method in ("gradcam", "saliency", "integrated_gradients"):
+        out = make(method)(model, x, target)
+        assert out.shape[-2:] == (32, 32) and bool(torch.isfinite(out).all())
+    if family == "efficientnet":
+        for method, error in (("lrp", "SqueezeExcite"), ("deeplift", "SqueezeExcite")):
+            with pytest.raises(ValueError, match=error):
+                make(method)(model, x, target)
+    else:
+        assert bool(torch.isfinite(make("lrp")(model, x, target)).all())
+    assert hooks.count_hooks(model) == 0
