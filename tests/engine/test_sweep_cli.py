@@ -103,6 +103,7 @@ def script_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"results": results, "before": before, "after": _snapshot(tmp)}
 
 
+@pytest.mark.slow  # three console-script start-ups (~3 s of CPU each)
 @pytest.mark.parametrize("case", [c[0] for c in SCRIPT_CASES])
 def test_refused_sweep_is_one_line_exit_2(case: str, script_results: dict[str, Any]) -> None:
     code, stdout, stderr = script_results["results"][case]
@@ -112,6 +113,7 @@ def test_refused_sweep_is_one_line_exit_2(case: str, script_results: dict[str, A
     assert "Traceback" not in stdout + stderr
 
 
+@pytest.mark.slow
 def test_refused_sweeps_write_nothing(script_results: dict[str, Any]) -> None:
     assert script_results["after"] == script_results["before"]  # no out/, no sweep.db
 
