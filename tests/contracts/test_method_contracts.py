@@ -94,7 +94,7 @@ def expected_channels(name: str, x: torch.Tensor) -> set[int]:
     cls = METHODS.get(name)
     if cls.output == "map":
         return {1}
-    return {x.shape[1], 1} if getattr(cls, "reduces_channels", False) else {x.shape[1]}
+    return {x.shape[1]}
 
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -24,16 +24,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-import engine_standins
-
-engine_standins.install()
-
-import rightfocus.engine.module as module_mod  # noqa: E402
-import rightfocus.engine.run as run_mod  # noqa: E402
-from rightfocus.cli import main  # noqa: E402
-from rightfocus.engine.checkpoint import AtomicCheckpointIO, ResumeCheckpoint  # noqa: E402
+import rightfocus.engine.module as module_mod
+import rightfocus.engine.run as run_mod
+from rightfocus.cli import main
+from rightfocus.engine.checkpoint import AtomicCheckpointIO, ResumeCheckpoint
 
 PHASE, _, ARG = os.environ.get("RF_TEST_KILL", "").partition(":")
 N = int(ARG) if ARG else -1

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import engine_standins
 import matplotlib.image as mpimg
 import pytest
 import torch
@@ -17,8 +16,7 @@ ALL_METRICS = {"accuracy", "balanced_accuracy", "f1", "auc", "ece", "nll", "over
 
 
 @pytest.fixture(autouse=True)
-def _standins() -> None:
-    engine_standins.install()
+def _one_thread() -> None:
     torch.set_num_threads(1)
 
 

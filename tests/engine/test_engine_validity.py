@@ -16,7 +16,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import engine_standins
 import pytest
 import torch
 
@@ -48,8 +47,7 @@ CHILD = Path(__file__).with_name("engine_cli_child.py")
 
 
 @pytest.fixture(autouse=True)
-def _standins() -> None:
-    engine_standins.install()
+def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
