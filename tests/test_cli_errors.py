@@ -170,6 +170,7 @@ def _invoke(args: list[str]) -> Any:
         (["model.options.dropout=0.5"], "model 'lenet' has no option 'dropout'"),
         (["model.options.num_classes=5"], "num_classes is 5 but the data has 2 classes"),
         (["data.class_weights=[1.0, 2.0, 3.0]"], "lists 3 weights but the model has 2"),
+        (["data.class_weights=[1.0, -1.0]"], "class_weights must be finite, >= 0 and not all 0"),
         (["data.options.colour=1"], "dataset 'image_folder' has no option 'colour'"),
         (["evaluation.attribution_options.layer=nope"], "gradcam needs a layer"),
         (["data.folds=9"], "9 folds need at least 9 samples, but the data gives 6"),
