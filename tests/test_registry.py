@@ -92,3 +92,14 @@ def test_unknown_method_error_via_attribute():
 
     with pytest.raises(ValueError, match="Did you mean 'saliency'"):
         rightfocus.attribute(torch.nn.Linear(1, 1), torch.zeros(1, 1, 1, 1), method="salency")
+
+
+def test_cli_lists_the_guidance_methods() -> None:
+    from typer.testing import CliRunner
+
+    from rightfocus.cli import app
+
+    result = CliRunner().invoke(app, ["list", "guidance"])
+    assert result.exit_code == 0, result.output
+    for name in ("bayes_feedback", "counterexamples", "proxy_attention", "rrr", "xgradient_prior"):
+        assert name in result.output
