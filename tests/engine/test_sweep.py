@@ -288,29 +288,35 @@ def test_a_sweep_whose_every_trial_fails_raises(tmp_path: Path, sampler: str) ->
     assert not (tmp_path / "sweep" / BEST_FILE).exists()
 
 
-def test_an_undefined_validation_objective_fails_the_trial_clearly(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        ('{"balanced_accuracy": null}', "validation balanced_accuracy is undefined in {}"),
+        ("{ broken", "{} is not valid JSON"),
+        ('{"f1": 0.5}', "{} has no 'balanced_accuracy'"),
+    ],
+)
+def test_an_unusable_validation_objective_fails_the_trial_clearly(
+    tmp_path: Path, content: str, why: str
+) -> None:
     spec = load_sweep(_write_sweep(tmp_path))
     good = _runner(best_lr=None)
 
-    def undefined_for_small_lr(config: Path, overrides: dict[str, Any]) -> int:
+    def unusable_for_small_lr(config: Path, overrides: dict[str, Any]) -> int:
         code = good(config, overrides)
-        if overrides["optim.lr"] == 1e-3:  # e.g. AUC with a class absent: written as null
+        if overrides["optim.lr"] == 1e-3:  # e.g. AUC with a class absent is written as null
             run_dir = Path(overrides["runs_dir"]) / overrides["experiment"] / overrides["run"]
-            (run_dir / "metrics_val.json").write_text(json.dumps({"balanced_accuracy": None}))
+            (run_dir / "metrics_val.json").write_text(content)
         return code
 
     lines: list[str] = []
-    result = run_sweep(spec, tmp_path / "sweep", runner=undefined_for_small_lr, log=lines.append)
+    result = run_sweep(spec, tmp_path / "sweep", runner=unusable_for_small_lr, log=lines.append)
     assert [d["params"] for d in result.trials] == [{"optim.lr": 2e-3}]
-    assert result.failed == [
-        {
-            "params": {"optim.lr": 1e-3},
-            "error": "validation balanced_accuracy is undefined in "
-            f"{tmp_path / 'sweep' / 'runs' / 'sweep' / Trial({'optim.lr': 1e-3}).runs(2)[0].name}"
-            "/metrics_val.json",
-        }
-    ]
-    assert any("trial 0 failed: validation balanced_accuracy is undefined" in ln for ln in lines)
+    name = Trial({"optim.lr": 1e-3}).runs(2)[0].name
+    val_file = tmp_path / "sweep" / "runs" / "sweep" / name / "metrics_val.json"
+    assert len(result.failed) == 1 and result.failed[0]["params"] == {"optim.lr": 1e-3}
+    assert result.failed[0]["error"].startswith(why.format(val_file))
+    assert any(line.startswith("trial 0 failed: ") for line in lines)
 
 
 @pytest.mark.slow

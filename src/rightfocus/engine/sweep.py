@@ -264,9 +264,13 @@ def _read_metric(path: Path, name: str) -> float:
     """One metric of a metrics file; ``null`` (undefined) is NaN."""
     if not path.is_file():
         raise SweepError(f"{path} is missing")
-    value = json.loads(path.read_text()).get(name, "missing")
-    if value == "missing":
+    try:
+        metrics = json.loads(path.read_text())
+    except ValueError as err:
+        raise SweepError(f"{path} is not valid JSON ({err})") from None
+    if not isinstance(metrics, dict) or name not in metrics:
         raise SweepError(f"{path} has no {name!r}")
+    value = metrics[name]
     return float("nan") if value is None else float(value)
 
 
@@ -460,7 +464,11 @@ def _run_trial(
             why = f"exit code {code}" if code != 0 else f"no {VAL_METRICS_FILE}"
             _fail(study, trial, f"run {run_dir} failed ({why})", log)
             return
-        value = _read_metric(val_file, spec.objective)
+        try:
+            value = _read_metric(val_file, spec.objective)
+        except ValueError as err:  # SweepError, a non-number
+            _fail(study, trial, one_line(str(err)), log)
+            return
         if math.isnan(value):
             _fail(study, trial, f"validation {spec.objective} is undefined in {val_file}", log)
             return
