@@ -350,8 +350,9 @@ def test_ctrl_c_says_the_same_command_resumes(
     handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(RunInterrupted, match="Run the same command again to resume"):
         run_experiment(cfg, quiet=True)
-    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+    restored = signal.getsignal(signal.SIGINT)
     signal.signal(signal.SIGINT, handler)
+    assert restored == handler  # Lightning had left Ctrl-C ignored
     assert not (cfg.run_dir / "metrics.json").exists()
 
 

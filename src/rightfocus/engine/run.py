@@ -415,11 +415,14 @@ def run_experiment(config: Config, quiet: bool = False) -> dict[str, float]:
     if config.data.batch_size == "auto" and config.trainer.devices not in (1,):
         raise ConfigError("data.batch_size: auto needs trainer.devices: 1 (tune, then set it)")
     validate_experiment(config)  # user mistakes stop here, before anything is written
+    sigint = signal.getsignal(signal.SIGINT)
     with _run_lock(config.run_dir), _torch_flags_restored():
         try:
             return _train_and_test(config, quiet)
         except KeyboardInterrupt:
-            signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores it
+            if sigint is not None and signal.getsignal(signal.SIGINT) != sigint:
+                with contextlib.suppress(ValueError):  # not the main thread
+                    signal.signal(signal.SIGINT, sigint)  # Lightning left Ctrl-C ignored
             raise RunInterrupted(
                 f"Interrupted. Run the same command again to resume {config.run_dir} from its "
                 "last checkpoint."
