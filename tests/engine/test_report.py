@@ -102,3 +102,45 @@ def test_empty_runs_dir_is_a_clear_error(tmp_path: Path) -> None:
         load_runs(tmp_path)
     with pytest.raises(FileNotFoundError):
         load_runs(tmp_path / "missing")
+
+
+def test_markdown_links_resolve_with_and_without_out(runs_dir: Path, tmp_path: Path) -> None:
+    for out_dir in (None, tmp_path / "elsewhere"):
+        out = write_report(runs_dir, out_dir, tables={"T": ["balanced_accuracy"]})
+        md = out["markdown"]
+        links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md.read_text())
+        assert links and all(not Path(link).is_absolute() for link in links)
+        assert all((md.parent / link).is_file() for link in links)
+
+
+def test_single_run_cells_show_the_value_not_nan(runs_dir: Path) -> None:
+    runs = load_runs(runs_dir)
+    one = runs[runs["data.fold"] == 0]
+    table = paper_table(one, ["balanced_accuracy"], column_order=["none", "bayes_feedback"])
+    assert table.loc[("color", "balanced_accuracy"), "none"] == "0.5000"
+    assert "nan" not in table.to_string()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"row": "data.varient"}, r"Unknown row column 'data.varient'.*data\.variant"),
+        ({"tables": {"R": ["acuracy"]}}, r"Unknown metric\(s\) 'acuracy'.*balanced_accuracy"),
+    ],
+)
+def test_misspelled_row_or_metric_lists_the_choices(runs_dir: Path, kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        write_report(runs_dir, **kwargs)
+    assert not (runs_dir / "report.html").exists()
+
+
+def test_cli_report_misspellings_exit_2(runs_dir: Path) -> None:
+    from typer.testing import CliRunner
+
+    from rightfocus.cli import app
+
+    runner = CliRunner()
+    for args in (["--by", "data.varient"], ["--metrics", "acuracy"]):
+        result = runner.invoke(app, ["report", str(runs_dir), *args])
+        assert result.exit_code == 2, result.output
+        assert "choose one of" in result.output or "the runs have" in result.output

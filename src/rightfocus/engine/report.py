@@ -38,7 +38,7 @@ __all__ = [
     "write_report",
 ]
 
-LOWER_IS_BETTER = ("overlap", "ece", "mce", "nll", "brier", "loss")
+LOWER_IS_BETTER = ("overlap", "ece", "mce", "nll", "brier", "loss", "follows_decoy")
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -132,6 +132,8 @@ def summarize(runs: pd.DataFrame, by: Sequence[str], metrics: Sequence[str]) -> 
 
 
 def _fmt(mean: float, std: float, bold: bool) -> str:
+    if math.isnan(mean):
+        return "n/a"
     text = f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
     return f"**{text}**" if bold else text
 
@@ -142,16 +144,21 @@ def paper_table(
     row: str = "data.variant",
     column: str = "method",
     column_order: Sequence[str] | None = None,
+    row_order: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """The papers' table layout: rows = ``row`` x metric, columns = methods, "mean ± std".
 
     The best value in each row is wrapped in ``**bold**`` (lower is better for overlap, ECE,
-    NLL, ...). Missing cells stay empty strings so a reader sees what did not run.
+    NLL, ...); a cell over a single run shows its value alone. Missing cells stay empty
+    strings so a reader sees what did not run.
     """
     summary = summarize(runs, [row, column], metrics)
     columns = list(column_order) if column_order else sorted(runs[column].dropna().unique())
+    keys = sorted(runs[row].dropna().unique(), key=str)
+    if row_order:
+        keys = [k for k in row_order if k in keys] + [k for k in keys if k not in row_order]
     out: dict[tuple[str, str], dict[str, str]] = {}
-    for key in sorted(runs[row].dropna().unique()):
+    for key in keys:
         for metric in metrics:
             cells: dict[str, tuple[float, float]] = {}
             for col in columns:
@@ -249,6 +256,51 @@ _CSS = (
 )
 
 
+_CONFIG_PREFIXES = ("data.", "model.", "optim.", "trainer.", "evaluation.")
+
+
+def _metric_columns(runs: pd.DataFrame) -> list[str]:
+    return [
+        c
+        for c in runs.columns
+        if pd.api.types.is_numeric_dtype(runs[c]) and not c.startswith(_CONFIG_PREFIXES)
+    ]
+
+
+def _check_columns(
+    runs: pd.DataFrame, row: str, tables: Mapping[str, Sequence[str]], explicit: bool
+) -> None:
+    """A misspelled row column or metric is an error listing the valid choices."""
+    if row not in runs.columns:
+        choices = sorted(c for c in runs.columns if c not in _metric_columns(runs))
+        raise ValueError(f"Unknown row column {row!r} (--by); choose one of: {', '.join(choices)}")
+    if not explicit:
+        return
+    valid = _metric_columns(runs)
+    missing = sorted({m for ms in tables.values() for m in ms if m not in runs.columns})
+    if missing:
+        raise ValueError(
+            f"Unknown metric(s) {', '.join(map(repr, missing))} (--metrics); the runs have: "
+            f"{', '.join(valid)}"
+        )
+
+
+def _place_figure(fig: Path, out: Path) -> Path:
+    """The figure inside ``out`` (copied into ``out/figures`` when it lives elsewhere), so
+    that report.md's relative links resolve wherever the report is written."""
+    if out in fig.parents:
+        return fig
+    import shutil
+
+    from rightfocus._io import atomic_path
+
+    target = out / "figures" / "_".join(fig.parts[-3:])  # run/figures/x.png: unique names
+    if target.resolve() != fig.resolve():
+        with atomic_path(target) as tmp:
+            shutil.copyfile(fig, tmp)
+    return target
+
+
 def write_report(
     runs_dir: str | Path,
     out_dir: str | Path | None = None,
@@ -257,71 +309,88 @@ def write_report(
     column_order: Sequence[str] | None = None,
     notes: Sequence[str] = (),
     title: str = "rightfocus report",
-) -> dict[str, Path]:
+    *,
+    column: str = "method",
+    row_order: Sequence[str] | None = None,
+    runs: pd.DataFrame | None = None,
+    figures: Sequence[tuple[Path, str]] = (),
+    extra_tables: Mapping[str, pd.DataFrame] | None = None,
+    include_run_figures: bool = True,
+) -> dict[str, Any]:
     """Write ``report.html`` (self-contained, figures embedded) and ``report.md``.
 
     Args:
         runs_dir: folder of run folders. out_dir: where to write (default ``runs_dir``).
         tables: title -> metric columns, e.g. ``{"Table 1": ["balanced_accuracy", "f1"]}``;
             default: every numeric metric that all runs share, in one table.
-        row: the config column that makes a table row (with the metric).
-        column_order: method order for the columns.
+        row: the column that makes a table row (with the metric); column: the table columns.
+        column_order / row_order: order of the methods / rows.
         notes: paragraphs shown under the title (e.g. differences from the paper's protocol).
+        runs: the rows to tabulate (default ``load_runs(runs_dir)``).
+        figures: ``(png, caption)`` pairs shown first; extra_tables: title -> DataFrame shown
+            as is; include_run_figures: also show the training curves and every run's PNGs.
+
+    Raises:
+        ValueError: unknown ``row`` or metric (the message lists the valid ones).
 
     Returns:
-        ``{"html": path, "markdown": path, "figures": [...]}`` (figures copied next to the
-        Markdown file in ``figures/`` so it can link them).
+        ``{"html": path, "markdown": path, "figures": [...]}``; figures outside ``out_dir`` are
+        copied into ``out_dir/figures`` so the Markdown file's links resolve.
     """
-    runs = load_runs(runs_dir)
+    explicit = tables is not None
+    runs = load_runs(runs_dir) if runs is None else runs
     out = Path(out_dir) if out_dir is not None else Path(runs_dir)
-    if row not in runs.columns:
-        runs[row] = "all"
     if tables is None:
-        metric_cols = [
-            c
-            for c in runs.columns
-            if pd.api.types.is_numeric_dtype(runs[c])
-            and not c.startswith(("data.", "model.", "optim.", "trainer.", "evaluation."))
-        ]
-        tables = {"Results": metric_cols}
+        tables = {"Results": _metric_columns(runs)}
+    _check_columns(runs, row, tables, explicit)
+    runs = runs.copy()
+    if runs[row].isna().all():  # e.g. data.variant of non-Decoy datasets: one row
+        runs[row] = "all"
     html_parts = [f"<h1>{html.escape(title)}</h1>"]
     md_parts = [f"# {title}"]
-    for note in notes:
-        html_parts.append(f"<p>{html.escape(note)}</p>")
-        md_parts.append(note)
-    html_parts.append(f"<p>{len(runs)} runs from {html.escape(str(runs_dir))}.</p>")
-    md_parts.append(f"{len(runs)} runs from `{runs_dir}`.")
+    if notes:
+        html_parts.append("<h2>Protocol notes</h2><ul>")
+        html_parts += [f"<li>{html.escape(note)}</li>" for note in notes]
+        html_parts.append("</ul>")
+        md_parts += ["## Protocol notes", "\n".join(f"- {note}" for note in notes)]
+    n_runs = runs["run_dir"].nunique() if "run_dir" in runs.columns else len(runs)
+    html_parts.append(f"<p>{n_runs} runs from {html.escape(str(runs_dir))}.</p>")
+    md_parts.append(f"{n_runs} runs from `{runs_dir}`.")
     for name, metrics in tables.items():
         present = [m for m in metrics if m in runs.columns]
         if not present:
             continue
-        table = paper_table(runs, present, row=row, column_order=column_order)
+        table = paper_table(runs, present, row, column, column_order, row_order)
+        html_parts += [f"<h2>{html.escape(name)}</h2>", _table_html(table)]
+        md_parts += [f"## {name}", _table_md(table)]
+    for name, table in (extra_tables or {}).items():
         html_parts += [f"<h2>{html.escape(name)}</h2>", _table_html(table)]
         md_parts += [f"## {name}", _table_md(table)]
     fig_dir = out / "figures"
-    figures: list[Path] = []
-    curves = _curves_figure(runs, fig_dir / "training_curves.png")
-    if curves is not None:
-        figures.append(curves)
-    for run_dir in runs["run_dir"]:
-        for png in sorted(Path(run_dir).rglob("*.png")):
-            if fig_dir in png.parents:
-                continue
-            figures.append(png)
-    if figures:
+    shown: list[tuple[Path, str]] = list(figures)
+    if include_run_figures:
+        curves = _curves_figure(runs, fig_dir / "training_curves.png")
+        if curves is not None:
+            shown.append((curves, "training curves"))
+        for run_dir in runs["run_dir"].unique():
+            for png in sorted(Path(run_dir).rglob("*.png")):
+                if fig_dir not in png.parents:
+                    shown.append((png, str(png.relative_to(Path(runs_dir)))))
+    if shown:
         html_parts.append("<h2>Figures</h2>")
         md_parts.append("## Figures")
-    for fig in figures:
-        caption = str(fig.relative_to(out)) if out in fig.parents else fig.name
+    placed = []
+    for fig, caption in shown:
+        local = _place_figure(Path(fig), out)
+        placed.append(local)
         html_parts.append(
-            f"<figure>{_img_tag(fig)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+            f"<figure>{_img_tag(local)}<figcaption>{html.escape(caption)}</figcaption></figure>"
         )
-        rel = fig.relative_to(out) if out in fig.parents else fig
-        md_parts.append(f"![{caption}]({rel.as_posix()})")
+        md_parts.append(f"![{caption}]({local.relative_to(out).as_posix()})")
     page = (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{_CSS}</style></head><body>{''.join(html_parts)}</body></html>"
     )
     html_path = atomic_write_text(out / "report.html", page)
     md_path = atomic_write_text(out / "report.md", "\n\n".join(md_parts) + "\n")
-    return {"html": html_path, "markdown": md_path, "figures": figures}  # type: ignore[dict-item]
+    return {"html": html_path, "markdown": md_path, "figures": placed}
