@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tests.conftest import TinyCNN
 from tests.families._tiny import build
 from torch import Tensor, nn
 
@@ -188,8 +187,10 @@ class Structured(nn.Module):
 
 @pytest.mark.parametrize("kind", ["tuple", "dict", "object"])
 @pytest.mark.parametrize("method", ["saliency", "gradcam", "integrated_gradients", "deeplift"])
-def test_structured_outputs_are_explained_like_the_logits(kind: str, method: str) -> None:
-    inner = TinyCNN(in_channels=3, classes=5).double().eval()
+def test_structured_outputs_are_explained_like_the_logits(
+    make_tiny_cnn: type[nn.Module], kind: str, method: str
+) -> None:
+    inner = make_tiny_cnn(in_channels=3, classes=5).double().eval()
     x = _x(2)
     ref = attribute(inner, x, 1, method=method)
     wrapped = Structured(inner, kind)
