@@ -150,7 +150,7 @@ def _batches(dataset: Dataset[Any], indices: Sequence[int], batch_size: int):  #
 def score_pool(
     model: nn.Module,
     dataset: Dataset[Any],
-    indices: Sequence[int],
+    indices: Sequence[int] | np.ndarray,
     strategy: str,
     *,
     method: str = "saliency",

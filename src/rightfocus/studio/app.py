@@ -1,5 +1,4 @@
-"""The studio's HTTP API and pages (FastAPI; OpenAPI schema at ``/openapi.json``, docs at
-``/docs``).
+"""The studio's HTTP API and pages (FastAPI; the OpenAPI schema is at ``/openapi.json``).
 
 Security: images, masks and runs are addressed by integers and names from the server's own
 index (never a path from the client); static files come from a fixed list of package files;
@@ -79,6 +78,7 @@ class _Guard:
             if k.lower() == b"content-length" and v.isdigit() and int(v) > self.max_body:
                 await self._too_large(scope, receive, send)
                 return
+        t0 = time.perf_counter()  # reported as a Server-Timing header (app;dur=<ms>)
         # Read the whole body here (at most max_body bytes), then replay it to the app.
         chunks: list[bytes] = []
         size = 0
@@ -103,7 +103,16 @@ class _Guard:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        await self.app(scope, replay, send)
+        async def timed_send(msg: Any) -> None:
+            if msg["type"] == "http.response.start":
+                ms = 1000 * (time.perf_counter() - t0)
+                msg["headers"] = [
+                    *msg.get("headers", []),
+                    (b"server-timing", f"app;dur={ms:.2f}".encode()),
+                ]
+            await send(msg)
+
+        await self.app(scope, replay, timed_send)
 
     async def _too_large(self, scope: Any, receive: Any, send: Any) -> None:
         await JSONResponse(
@@ -163,6 +172,10 @@ def create_app(
         title="rightfocus studio",
         description="Inspect explanations, paint 'don't look here' masks, retrain and compare.",
         version="1",
+        # FastAPI's /docs and /redoc pages load their scripts from a CDN; the studio makes no
+        # network requests, so only the schema is served (load it into any OpenAPI viewer).
+        docs_url=None,
+        redoc_url=None,
     )
     static = _static_files()
 
@@ -287,7 +300,7 @@ def create_app(
         }
 
     @app.put("/api/images/{index}/mask")
-    def save_mask(index: int, body: MaskUpload) -> dict[str, Any]:
+    def save_mask(index: int, body: MaskUpload) -> Any:
         """Save a new mask version; 409 if someone saved after ``base_version``."""
         i = index_or_404(index)
         x = session.item(i)[0]
