@@ -51,6 +51,7 @@ bench: setup
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/multitarget.py
 	$(BIN)/python benchmarks/quantus_metrics.py
+	$(BIN)/python benchmarks/studio.py
 	$(BIN)/python benchmarks/report.py
 
 clean:
