@@ -15,8 +15,9 @@ same model object, interleaved repeats, medians (``benchmarks/_timing.py``):
 Timm's fused attention is on for the ViT (first-order gradients only here). Goal: at least the
 fastest peer (ratio peer seconds / our seconds >= 1). Rows are printed as they finish.
 
-Usage: ``python benchmarks/families.py [--threads 2] [--repeats 3] [--steps 16]``; writes
-``benchmarks/results/families.json``.
+Usage: ``python benchmarks/families.py [--threads 2] [--repeats 3] [--steps 16]
+[--models convnext_tiny,vit_b16] [--methods saliency,gradcam,...]``; writes
+``benchmarks/results/families_<model>.json`` after every row.
 """
 
 from __future__ import annotations
@@ -105,14 +106,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=16, help="IG steps")
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--models", default="convnext_tiny,vit_b16", help="comma-separated")
+    parser.add_argument("--methods", default="", help="comma-separated (default: all)")
     args = parser.parse_args()
+    models, methods = set(args.models.split(",")), set(filter(None, args.methods.split(",")))
     torch.set_num_threads(args.threads)
     x = torch.randn(args.batch, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     t = torch.randint(0, 1000, (args.batch,), generator=torch.Generator().manual_seed(2))
     rows: list[dict[str, Any]] = []
     print(f"{'model':14} {'method':22} {'peer':18} {'ours s':>8} {'peer s':>8} {'ratio':>6}")
     for name, model, layer, reshape in _models():
+        if name not in models:
+            continue
         for method, pair in _cases(model, layer, reshape, x, t, args.steps).items():
+            if methods and method not in methods:
+                continue
             medians = interleaved_medians(pair, args.repeats)
             ours = medians.pop("rightfocus")
             for peer, seconds in medians.items():
@@ -122,8 +130,10 @@ def main() -> None:
                 rows.append(row)
                 print(f"{name:14} {method:22} {peer:18} {ours:8.3f} {seconds:8.3f} "
                       f"{seconds / ours:6.2f}", flush=True)  # fmt: skip
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(RESULTS, json.dumps({"rows": rows, "args": vars(args)}, indent=2))
+            RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            out = RESULTS.with_name(f"families_{name}.json")
+            mine = [r for r in rows if r["model"] == name]
+            atomic_write_text(out, json.dumps({"rows": mine, "args": vars(args)}, indent=2))
 
 
 if __name__ == "__main__":
