@@ -164,3 +164,24 @@ def test_clear_errors(make_tiny_cnn: type[nn.Module]) -> None:
         BayesFeedback(pool="mean")
     with pytest.raises(RuntimeError, match="forward_context"):
         BayesFeedback().loss_terms(_model(), batch, torch.zeros(3, 3))
+
+
+def test_receptive_field_pool_masks_every_cell_that_sees_the_patch() -> None:
+    """On LeNet's conv2 (28 -> 26 -> 13 -> 11), cell j sees input rows [2j, 2j + 7]: a patch
+    on rows 4:8, cols 0:4 (the paper's position 4) reaches cells rows 0..3, cols 0..1."""
+    from rightfocus.models import LeNet
+
+    model = to_bayesian(LeNet(), rho_init=-2.0).train()
+    x = torch.rand(1, 1, 28, 28)
+    mask = torch.zeros(1, 1, 28, 28)
+    mask[0, 0, 4:8, 0:4] = 1
+    zeroed = {}
+    for pool in ("max", "receptive_field"):
+        fb = BayesFeedback(lam=1.0, pool=pool)
+        with hooks.capture_activations(model, [model.features.conv2]) as cap:
+            guided_forward(model, GuidedBatch(x, torch.tensor([0]), mask), [fb])
+            zeroed[pool] = (cap[model.features.conv2][0] == 0).all(dim=0)
+    expected = torch.zeros(11, 11, dtype=torch.bool)
+    expected[0:4, 0:2] = True  # rows 2j..2j+7 meet 4..7 for j = 0..3; cols meet 0..3 for j = 0, 1
+    assert torch.equal(zeroed["receptive_field"], expected)
+    assert zeroed["max"].sum() < expected.sum()  # the paper's pooling misses some of them

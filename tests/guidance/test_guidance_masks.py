@@ -73,3 +73,109 @@ def test_guard_warn_and_ignore_policies() -> None:
     EmptyMaskGuard("rrr", "ignore", min_samples=1).update(torch.zeros(2, 1, 4, 4))
     with pytest.raises(ValueError, match="empty_masks"):
         EmptyMaskGuard("rrr", "sometimes")
+
+
+# --- receptive-field projection ------------------------------------------------------------
+
+
+def _geometries() -> list[torch.nn.Sequential]:
+    from torch import nn
+
+    return [
+        nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(2, 2, 3)),  # LeNet
+        nn.Sequential(nn.Conv2d(1, 2, 5, stride=2, padding=2), nn.ReLU(), nn.Conv2d(2, 2, 3)),
+        nn.Sequential(
+            nn.Conv2d(1, 2, 3, padding=2, dilation=2),
+            nn.BatchNorm2d(2),
+            nn.AvgPool2d(3, stride=2, padding=1),
+            nn.Conv2d(2, 2, (3, 1), stride=(1, 2), padding=(1, 0)),
+        ),
+        nn.Sequential(
+            nn.Conv2d(1, 2, 4, stride=3, padding=1),
+            nn.MaxPool2d(3, stride=1, padding=1, dilation=1),
+            nn.Conv2d(2, 2, 2, stride=2, dilation=3),
+        ),
+    ]
+
+
+def _brute_force_fields(model: torch.nn.Sequential, size: int) -> torch.Tensor:
+    """(h, w, H, W) boolean: the input pixels each output cell depends on, from the support of
+    its gradient in a twin network without cancellations (weights 1, max -> avg pooling with
+    the same geometry, pointwise layers removed)."""
+    from torch import nn
+
+    twin = []
+    for m in model:
+        if isinstance(m, nn.Conv2d):
+            conv = nn.Conv2d(
+                m.in_channels,
+                m.out_channels,
+                m.kernel_size,
+                m.stride,
+                m.padding,
+                m.dilation,
+                bias=False,
+            )
+            nn.init.ones_(conv.weight)
+            twin.append(conv)
+        elif isinstance(m, nn.MaxPool2d):  # dilation 1 here, so avg pooling covers the same
+            twin.append(nn.AvgPool2d(m.kernel_size, m.stride, m.padding))
+        elif isinstance(m, nn.AvgPool2d):
+            twin.append(m)
+    net = nn.Sequential(*twin).double()
+    x = torch.ones(1, 1, size, size, dtype=torch.float64, requires_grad=True)
+    out = net(x)
+    h, w = out.shape[-2:]
+    fields = torch.zeros(h, w, size, size, dtype=torch.bool)
+    for r in range(h):
+        for c in range(w):
+            (grad,) = torch.autograd.grad(out[0, 0, r, c], x, retain_graph=True)
+            fields[r, c] = grad[0, 0] != 0
+    return fields
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_receptive_field_projection_matches_brute_force(index: int) -> None:
+    from rightfocus.guidance._masks import receptive_field_geometry
+
+    model = _geometries()[index]
+    size = 17
+    fields = _brute_force_fields(model, size)
+    chain = receptive_field_geometry(model, model[-1])
+    gen = torch.Generator().manual_seed(index)
+    masks = torch.zeros(6, 1, size, size)
+    for i in range(6):  # random rectangles, a single pixel, and the border
+        r, c = torch.randint(size - 4, (2,), generator=gen).tolist()
+        masks[i, 0, r : r + 1 + i % 4, c : c + 1 + (i + 1) % 4] = 1
+    masks[5] = 0
+    masks[5, 0, 0, size - 1] = 1
+    out = resize_mask(masks, tuple(fields.shape[:2]), "receptive_field", chain)
+    expected = (fields[None] & (masks[:, 0, None, None] > 0)).flatten(-2).any(-1)
+    assert torch.equal(out[:, 0] > 0, expected)
+    assert expected.any() and not expected.all()
+
+
+def test_receptive_field_covers_more_than_position_max_pooling_on_lenet() -> None:
+    """The paper's adaptive max pool misses conv2 cells that see a border patch."""
+    from rightfocus.guidance._masks import receptive_field_geometry
+    from rightfocus.models import LeNet
+
+    model = LeNet()
+    chain = receptive_field_geometry(model, model.features.conv2)
+    mask = torch.zeros(1, 1, 28, 28)
+    mask[0, 0, 4:8, 0:4] = 1  # the paper's position 4
+    rf = resize_mask(mask, (11, 11), "receptive_field", chain)
+    pooled = resize_mask(mask, (11, 11), "max")
+    assert bool((rf >= pooled).all()) and rf.sum() > pooled.sum()
+
+
+def test_receptive_field_refuses_unsupported_layers() -> None:
+    from torch import nn
+
+    from rightfocus.guidance._masks import receptive_field_geometry
+
+    model = nn.Sequential(nn.Conv2d(1, 1, 3), nn.AdaptiveAvgPool2d(4), nn.Conv2d(1, 1, 3))
+    with pytest.raises(ValueError, match="cannot follow AdaptiveAvgPool2d"):
+        receptive_field_geometry(model, model[2])
+    with pytest.raises(ValueError, match="needs the layer chain"):
+        resize_mask(torch.zeros(1, 1, 4, 4), (2, 2), "receptive_field")

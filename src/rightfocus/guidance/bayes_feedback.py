@@ -12,7 +12,12 @@ from torch import Tensor, nn
 
 from rightfocus import hooks
 from rightfocus._modules import is_conv, resolve_layer
-from rightfocus.guidance._masks import EmptyMaskGuard, check_pool, resize_mask
+from rightfocus.guidance._masks import (
+    EmptyMaskGuard,
+    check_pool,
+    receptive_field_geometry,
+    resize_mask,
+)
 from rightfocus.guidance.base import Guidance, GuidedBatch, check_weights, register_guidance
 
 __all__ = ["BayesFeedback", "is_lrt_layer", "neg_log_normal_at_zero"]
@@ -67,7 +72,8 @@ class BayesFeedback(Guidance):
     last conv layer) is Gaussian, ``z ~ N(mu, sigma^2)``, ``mu = conv(x, mu_w, mu_b)``,
     ``sigma^2 = conv(x^2, sigma_w^2, sigma_b^2)``, ``sigma = sqrt(sigma^2 + 1e-8)``. The
     explanation mask ``A`` (1 = must not be used) is resized to the layer's ``(h, w)``
-    (``pool="max"``: a cell is masked if any pixel is; ``"min"``: only if all are), repeated over
+    (``pool="max"``: a cell is masked if any pixel is; ``"min"``: only if all are;
+    ``"receptive_field"``: if its receptive field overlaps the mask), repeated over
     the channels, and the term
 
         ``lam * sum_{(n, k, i, j): A'_{nij} = 1}  -log N(0; mu_{nkij}, sigma_{nkij})``
@@ -80,7 +86,9 @@ class BayesFeedback(Guidance):
     Args:
         lam: weight (paper: Decoy MNIST color 5e-5, position 3e-4, ISIC 1e-5, Pet/SBD 2e-6).
         layer: target layer (dotted name or module); default the last conv layer.
-        pool: mask resizing mode, ``"max"`` (Decoy MNIST, ISIC) or ``"min"`` (Pet, SBD).
+        pool: mask resizing mode, ``"max"`` (Decoy MNIST, ISIC) or ``"min"`` (Pet, SBD) as in
+            the paper, or ``"receptive_field"`` (not in the paper): a cell is masked when its
+            receptive field, computed from the layer geometry, overlaps the mask.
         penalty: add the ``-log N`` term (default True).
         zero_masked: zero the sampled masked pre-activations while the layer samples
             (training; default True). The mean forward (evaluation) is never changed.
@@ -111,6 +119,7 @@ class BayesFeedback(Guidance):
         self.penalty = bool(penalty)
         self.zero_masked = bool(zero_masked)
         self._guard = EmptyMaskGuard("bayes_feedback", empty_masks)
+        self._chain: list[Any] = []
         self._terms: list[Tensor] = []
         self._calls = 0
 
@@ -128,7 +137,8 @@ class BayesFeedback(Guidance):
                         f"feedback layer, got {tuple(mean.shape)}"
                     )
                 std = torch.sqrt(var + 1e-8)
-                cells = resize_mask(mask.to(mean), (mean.shape[-2], mean.shape[-1]), self.pool)
+                size = (mean.shape[-2], mean.shape[-1])
+                cells = resize_mask(mask.to(mean), size, self.pool, self._chain)
                 self._calls += 1
                 if self.penalty:
                     self._terms.append((cells * neg_log_normal_at_zero(mean, std)).sum())
@@ -144,6 +154,8 @@ class BayesFeedback(Guidance):
     @contextmanager
     def forward_context(self, model: nn.Module, batch: GuidedBatch) -> Iterator[None]:
         layer = _check_target_layer(model, self.layer)
+        if self.pool == "receptive_field":
+            self._chain = receptive_field_geometry(model, layer)
         self._guard.update(batch.mask)
         self._terms, self._calls = [], 0
         with hooks.patched_forward(layer, self._make_forward(layer, batch.mask)):
