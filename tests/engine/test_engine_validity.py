@@ -74,6 +74,16 @@ def _config(tmp_path: Path, run: str = "r", **sections: dict) -> dict:
     return raw
 
 
+class _Payload:
+    """Unpickling this would create a file (it must never run)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (Path.touch, (Path(self.marker),))
+
+
 _save_step_checkpoint = ResumeCheckpoint.on_train_batch_end
 
 
@@ -419,3 +429,26 @@ def test_a_run_killed_during_the_batch_size_search_leaves_no_search_files(tmp_pa
     assert done.returncode == 0, done.stderr
     assert not list(run_dir.glob(".scale_batch_size_*")) and not list(run_dir.rglob(".*.tmp"))
     assert (run_dir / "metrics.json").is_file() and (run_dir / "batch_size.json").is_file()
+
+
+@pytest.mark.slow  # the console script in a child process
+def test_console_script_refuses_a_checkpoint_with_pickled_code(tmp_path: Path) -> None:
+    cfg = load_config_dict(_config(tmp_path))
+    prepare_run_dir(cfg)
+    last = cfg.run_dir / "checkpoints" / "last.ckpt"
+    last.parent.mkdir()
+    marker = tmp_path / "pwned"
+    torch.save({"state_dict": {}, "x": _Payload(str(marker))}, last)
+    before = {p: p.read_bytes() for p in cfg.run_dir.rglob("*") if p.is_file()}
+    config = tmp_path / "c.yaml"
+    config.write_text(json.dumps(_config(tmp_path)))
+    script = Path(sys.executable).with_name("rightfocus")
+    proc = subprocess.run(
+        [str(script), "train", str(config), "--quiet"], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "contains pickled code, refused for safety" in lines[0], lines
+    assert "weights_only=False" not in proc.stderr and not marker.exists()
+    after = {p: p.read_bytes() for p in cfg.run_dir.rglob("*") if p.is_file()}
+    assert {p: b for p, b in after.items() if p.name != ".lock"} == before
