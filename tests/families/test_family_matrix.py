@@ -165,3 +165,19 @@ def test_heavier_families(family: str) -> None:
     else:
         assert bool(torch.isfinite(make("lrp")(model, x, target)).all())
     assert hooks.count_hooks(model) == 0
+
+
+@pytest.mark.parametrize("method", ATTENTION)
+def test_attention_methods_reject_bad_input(method: str) -> None:
+    model, x = _model("vit"), batch(2)
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        make(method)(model, x[0])
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        make(method)(model, bad)
+    with pytest.raises(ValueError, match=r"out of range.*5 outputs"):
+        make(method)(model, x, torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match="one score per sample"):
+        make(method)(model, x, lambda out: out.sum())
+    assert hooks.count_hooks(model) == 0

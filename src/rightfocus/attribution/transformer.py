@@ -19,7 +19,7 @@ from rightfocus import hooks
 from rightfocus._modules import token_grid
 from rightfocus.attribution.base import Attribution, register_method
 from rightfocus.attribution.cam import _INTERPOLATIONS, postprocess_map
-from rightfocus.attribution.targets import Target, fix_target, select
+from rightfocus.attribution.targets import Target, select
 
 __all__ = ["AttentionGradient", "AttentionRollout", "token_map"]
 
@@ -103,7 +103,7 @@ class AttentionRollout(_AttentionMap):
 
     def _attribute(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
         with torch.no_grad(), hooks.attention_probabilities(model) as maps:
-            fix_target(model(x), target)  # validated, although the map does not depend on it
+            select(model(x), target)  # validated, although the map does not depend on it
             stacked = _stacked(model, list(maps), x.shape[0])
         rollout: Tensor | None = None
         for a in stacked:
