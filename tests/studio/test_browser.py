@@ -101,7 +101,21 @@ def test_paint_save_retrain_compare(server: str, session, tmp_path: Path) -> Non
         assert stored.sum() == 34  # rows 13 and 14, columns 4..20
         assert np.array_equal(stored, expected)
         assert rec.strategy == "misclassified" and rec.version == 1
+        assert "1 annotated" in page.inner_text("#run")
         page.screenshot(path=str(shot))
+        # undo / redo from the keyboard act on the canvas state; arrows move along the queue
+        painted = "window.studio.masks.dont.reduce((a, b) => a + b, 0)"
+        page.locator("#view").focus()
+        page.keyboard.press("Control+z")
+        assert page.evaluate(painted) == 0
+        page.keyboard.press("Control+y")
+        assert page.evaluate(painted) == 34
+        second = session.queue("misclassified", k=2)[1]["index"]
+        page.keyboard.press("ArrowRight")
+        page.wait_for_function(f"window.studio.index === {second}")
+        page.keyboard.press("ArrowLeft")
+        page.wait_for_function(f"window.studio.index === {index}")
+        assert page.evaluate(painted) == 34 and page.evaluate("window.studio.version") == 1
         # retrain with the saved mask, watch the progress, open the comparison
         page.fill("#epochs", "1")
         page.select_option("#guidance", "rrr")

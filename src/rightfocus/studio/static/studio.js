@@ -56,11 +56,17 @@ function setStatus(text, kind = "") {
 
 // ---- session and queue ------------------------------------------------------------------
 
+function showRun() {
+  const s = state.session;
+  $("run").textContent = `${s.run} · checkpoint ${s.checkpoint_sha256.slice(0, 10)} · ` +
+    `${s.train_images} training images · ${state.annotated.size} annotated`;
+}
+
 async function init() {
   const s = await apiJSON("/api/session");
   state.session = s;
-  $("run").textContent = `${s.run} · checkpoint ${s.checkpoint_sha256.slice(0, 10)} · ` +
-    `${s.train_images} training images · ${s.annotated.length} annotated`;
+  state.annotated = new Set(s.annotated);
+  showRun();
   $("who").value = localStorage.getItem("rightfocus-who") || s.who || "";
   for (const name of s.strategies) $("strategy").add(new Option(name, name));
   for (const m of s.methods) $("method").add(new Option(m, m));
@@ -339,6 +345,8 @@ async function save() {
       method: "PUT", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
     });
     state.version = rec.version;
+    state.annotated.add(state.index);
+    showRun();
     const item = state.queue.find((q) => q.index === state.index);
     if (item) item.annotated = true;
     renderQueue();
