@@ -125,6 +125,14 @@ def test_sweep_file_is_read_with_the_config_loader(tmp_path: Path) -> None:
         ("config: base.yaml\nparams: {optim.lr: [1e-3, 0.001]}\n", "lists a value twice"),
         ("config: base.yaml\nfolds: one\n", "folds: Input should be a valid integer"),
         ("config: missing.yaml\n", "missing.yaml .* does not exist"),
+        (
+            "config: base.yaml\nsampler: tpe\nn_trials: 2\nparams: {optim.lr: {low: 1, high: 0}}\n",
+            r"^Invalid sweep file .*: params.optim.lr: low \(1.0\) must be below high \(0.0\)$",
+        ),
+        (
+            "config: base.yaml\nsampler: tpe\nn_trials: 2\nparams: {optim.lr: {low: 1}}\n",
+            r": params.optim.lr.high: Field required$",
+        ),
     ],
 )
 def test_malformed_sweep_files_are_one_line_errors(tmp_path: Path, text: str, match: str) -> None:

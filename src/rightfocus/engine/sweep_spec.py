@@ -178,12 +178,15 @@ class Trial:
 
 
 def _pydantic_line(err: ValidationError) -> str:
+    """pydantic's errors as one line, without its union-member tags in the field names."""
     parts = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        if loc.startswith("params.") and loc.endswith((".list[any]", ".RangeParam")):
-            continue  # reported once, below, in the sweep's own words
-        parts.append(f"{loc}: {e['msg']}" if loc else e["msg"])
+        loc = [str(p) for p in e["loc"]]
+        if any(p.startswith("list[") for p in loc):
+            continue  # a mapping given for `list | range`: the range's own errors say why
+        field = ".".join(p for p in loc if "[" not in p and not p.startswith("function-"))
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        parts.append(f"{field}: {msg}" if field else msg)
     return "; ".join(dict.fromkeys(parts))
 
 
