@@ -312,6 +312,11 @@ def test_validate_accepts_a_good_config_and_writes_nothing(data_dir: Path) -> No
     before = _snapshot(data_dir)
     validate_experiment(cfg)
     assert _snapshot(data_dir) == before
+    # a root that a download will create is not required to exist yet
+    from rightfocus.engine.validate import _check_root
+
+    _check_root(load_config_dict(_config(data_dir, "r", root=str(data_dir / "new"), download=True)))
+    assert not (data_dir / "new").exists()
 
 
 @pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="machine has a GPU")

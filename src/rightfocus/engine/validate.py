@@ -153,6 +153,9 @@ def _check_root(config: Config) -> None:
     if root is None:
         return
     path = Path(root).expanduser()
+    if not path.exists() and config.data.download:
+        check_writable(path, "data.root (download: true)")
+        return
     if not path.exists():
         raise UserError(f"data.root: folder {path} does not exist", hint="check the path")
     if not path.is_dir():
