@@ -401,6 +401,21 @@ def test_draws_are_reproducible_and_differ_between_trials_asked_together() -> No
     assert b.ask(dist).params == ta1.params  # the same sweep draws the same configurations
 
 
+def test_a_draw_beyond_n_trials_by_racing_workers_is_dropped() -> None:
+    from rightfocus.engine.sweep import _over_budget, _sampler
+
+    spec = load_sweep_from({"sampler": "random", "n_trials": 2})
+    dist = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+    study = optuna.create_study(sampler=_sampler(spec))
+    study.tell(study.ask(dist), 0.5)  # one configuration finished
+    x, y = study.ask(dist), study.ask(dist)  # two workers ask at the same moment
+    assert not _over_budget(study, x.number, spec)
+    assert _over_budget(study, y.number, spec)  # the third draw of a 2-trial sweep
+    study.tell(x, state=optuna.trial.TrialState.FAIL)  # x's worker was interrupted ...
+    study.enqueue_trial(x.params)  # ... and x requeued: the retry replaces it
+    assert not _over_budget(study, study.ask(dist).number, spec)
+
+
 def test_tpe_draws_learn_from_finished_trials() -> None:
     import statistics
 

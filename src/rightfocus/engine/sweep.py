@@ -24,8 +24,8 @@ same parameters (Optuna's ``RetryHeartbeatStaleTrialCallback``). Run folders are
 deterministic, so the retry skips finished folds and resumes the interrupted one from its
 last checkpoint. Rerun the same command after a crash: finished trials are not rerun, failed
 and interrupted ones are retried. Random / TPE draws are seeded per trial number: a sweep is
-reproducible, and workers asking together draw different configurations (with several
-workers, a random / TPE sweep may finish a trial or two more than ``n_trials``).
+reproducible, workers asking together draw different configurations, and a draw beyond
+``n_trials`` made by racing workers is dropped.
 """
 
 from __future__ import annotations
@@ -437,6 +437,29 @@ def _configuration(study: optuna.Study, trial: optuna.Trial, spec: SweepSpec) ->
     return t
 
 
+def _over_budget(study: optuna.Study, number: int, spec: SweepSpec) -> bool:
+    """Random / TPE: a fresh draw beyond ``n_trials`` (two workers asked at the same time).
+
+    Trials with lower numbers that finished, failed on their own, run or wait count; a
+    re-queued trial (a retry or a Ctrl-C requeue) replaces one that does not count.
+    """
+    if spec.sampler == "grid":
+        return False
+    states = optuna.trial.TrialState
+    trials = study.get_trials(deepcopy=False)
+    mine = next(t for t in trials if t.number == number)
+    if "fixed_params" in mine.system_attrs or "failed_trial" in mine.system_attrs:
+        return False
+    live = (states.COMPLETE, states.RUNNING, states.WAITING)
+    before = [
+        t
+        for t in trials
+        if t.number < number
+        and (t.state in live or (t.state == states.FAIL and _ERROR in t.user_attrs))
+    ]
+    return len(before) >= (spec.n_trials or 0)
+
+
 def _run_trial(
     study: optuna.Study,
     spec: SweepSpec,
@@ -450,6 +473,9 @@ def _run_trial(
     try:
         config = _configuration(study, trial, spec)
     except LookupError:
+        study.tell(trial, state=states.PRUNED)
+        return
+    if _over_budget(study, trial.number, spec):
         study.tell(trial, state=states.PRUNED)
         return
     log(f"trial {trial.number}: {config.name}")
