@@ -326,12 +326,15 @@ PEERS: dict[str, Callable[..., Callable[[], Any] | None]] = {
 
 
 def interleaved(fns: list[Callable[[], Any]], repeats: int, warmup: int = 1) -> list[float]:
-    """Median seconds per function: ``warmup`` rounds, then ``repeats`` round-robin rounds."""
+    """Median seconds per function: ``warmup`` rounds, then ``repeats`` round-robin rounds
+    (rotated, so that the order inside a round favours no case)."""
     times: list[list[float]] = [[] for _ in fns]
+    n = len(fns)
     for rep in range(warmup + repeats):
-        for i, fn in enumerate(fns):
+        for j in range(n):  # each round starts one later: no case always runs first
+            i = (j + rep) % n
             start = time.perf_counter()
-            fn()
+            fns[i]()
             if rep >= warmup:
                 times[i].append(time.perf_counter() - start)
     return [statistics.median(ts) for ts in times]

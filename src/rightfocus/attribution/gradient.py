@@ -23,7 +23,7 @@ from rightfocus.attribution.base import (
     register_method,
     split_batch,
 )
-from rightfocus.attribution.targets import Target, fix_target, select
+from rightfocus.attribution.targets import Target, class_target, select
 
 __all__ = [
     "DeconvNet",
@@ -251,8 +251,7 @@ class IntegratedGradients(_Gradient):
         self, model: nn.Module, x: Tensor, targets: Target, single: bool = False
     ) -> Any:
         base = self._baseline(x)
-        with torch.no_grad():
-            fixed = fix_target(model(x), targets)
+        fixed = class_target(model, x, targets)
         K = fixed.shape[1] if isinstance(fixed, Tensor) and fixed.dim() == 2 else 1
         images = images_per_pass(self.internal_batch_size, model, x, self.memory_budget)
         images = max(1, images // K)

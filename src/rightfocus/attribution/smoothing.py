@@ -36,7 +36,7 @@ from rightfocus.attribution.base import (
     register_method,
     renamed_option,
 )
-from rightfocus.attribution.targets import Target, fix_target
+from rightfocus.attribution.targets import Target, class_target
 
 __all__ = ["KINDS", "NoiseTunnel", "SmoothGrad", "SmoothGradSq", "VarGrad", "noise_tunnel"]
 
@@ -215,9 +215,7 @@ class NoiseTunnel(Attribution):
         return z.unsqueeze(1) * sigma.view(1, -1, 1, 1, 1)
 
     def _attribute(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
-        if target is None or isinstance(target, (int, Tensor)):
-            with torch.no_grad():
-                target = fix_target(model(x), target)
+        target = class_target(model, x, target)
         images = images_per_pass(self.internal_batch_size, model, x, self.memory_budget)
         if isinstance(target, Tensor) and target.dim() == 2:
             images = max(1, images // target.shape[1])

@@ -18,7 +18,7 @@ from typing import Union
 import torch
 from torch import Tensor
 
-__all__ = ["Target", "check_target", "fix_target", "multi_target", "select"]
+__all__ = ["Target", "check_target", "class_target", "fix_target", "multi_target", "select"]
 
 Target = Union[None, int, Tensor, Callable[[Tensor], Tensor], list]  # noqa: UP007
 
@@ -110,6 +110,28 @@ def fix_target(outputs: Tensor, target: Target) -> Tensor | Callable[[Tensor], T
     if isinstance(target, (int, Tensor)):
         return _class_indices(outputs, target)
     assert target is not None
+    return target
+
+
+def class_target(
+    model: Callable[[Tensor], Tensor], x: Tensor, target: Target
+) -> Tensor | Callable[[Tensor], Tensor]:
+    """``target`` as class indices on ``x``'s device (``(B,)`` or ``(B, K)``), or the callable.
+
+    Only ``None`` (the predicted class) needs a forward pass of ``model``; given classes are
+    range-checked later, by :func:`select` on the outputs the method computes anyway.
+    """
+    if target is None:
+        with torch.no_grad():
+            return fix_target(model(x), None)
+    if isinstance(target, bool):
+        raise TypeError("target must be an int class index, not a bool")
+    if isinstance(target, int):
+        return torch.full((x.shape[0],), target, dtype=torch.long, device=x.device)
+    if isinstance(target, list):
+        return torch.tensor(target, dtype=torch.long, device=x.device)
+    if isinstance(target, Tensor):
+        return target.to(device=x.device, dtype=torch.long)
     return target
 
 
