@@ -11,6 +11,15 @@ from rightfocus.models import build_model
 
 pytest.importorskip("timm")
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: a contended thread pool only slows them down
+    yield
+    torch.set_num_threads(previous)
+
+
 TINY = {
     "convnext_atto": {"dims": (8, 16, 24, 32), "depths": (1, 1, 1, 1)},
     "mobilenetv3_small_050": {},
