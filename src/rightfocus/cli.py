@@ -359,6 +359,15 @@ def reproduce_cmd(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override for every run, e.g. optim.lr=1e-3")
     ] = None,
+    variants: str = typer.Option(
+        None, help="decoy-mnist: comma-separated, from position,color,ross,cdep."
+    ),
+    methods: str = typer.Option(
+        None,
+        help="decoy-mnist: comma-separated, from none,bayes_feedback,counterexamples,rrr "
+        "(default) and bayes_feedback_rf (receptive-field mask projection).",
+    ),
+    folds: str = typer.Option(None, help="decoy-mnist: comma-separated fold indices (0,1,2)."),
 ) -> None:
     """Reproduce a paper experiment: every method x fold, then the paper's tables and a report.
 
@@ -374,7 +383,15 @@ def reproduce_cmd(
     folder = out or f"runs/reproduce-{experiment}"
     try:
         result = reproduce(
-            experiment, folder, quick=quick, root=root, overrides=set_ or [], log=console.print
+            experiment,
+            folder,
+            quick=quick,
+            root=root,
+            overrides=set_ or [],
+            log=console.print,
+            variants=variants.split(",") if variants else None,
+            methods=methods.split(",") if methods else None,
+            folds=[int(f) for f in folds.split(",")] if folds else None,
         )
     except RuntimeError as err:  # datasets that must be downloaded say what is missing
         if user_message(err) is not None:

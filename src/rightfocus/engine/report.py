@@ -394,3 +394,52 @@ def write_report(
     html_path = atomic_write_text(out / "report.html", page)
     md_path = atomic_write_text(out / "report.md", "\n\n".join(md_parts) + "\n")
     return {"html": html_path, "markdown": md_path, "figures": placed}
+
+
+BROWSER_ARGS = (
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
+
+
+def check_in_browser(
+    html_path: str | Path, screenshot: str | Path | None = None, width: int = 1200
+) -> dict[str, Any]:
+    """Open a report in the OS's headless Chromium (Playwright) and check every image loaded.
+
+    Returns ``{"images": n, "broken": [alt, ...], "screenshot": path | None}``; writes a
+    full-page PNG screenshot when ``screenshot`` is given.
+
+    Raises:
+        FileNotFoundError: no ``chromium`` on PATH (``scripts/system-deps.sh`` installs it).
+    """
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        raise FileNotFoundError("No chromium on PATH: install it (scripts/system-deps.sh)")
+    url = Path(html_path).resolve().as_uri()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=list(BROWSER_ARGS))
+        try:
+            page = browser.new_page(viewport={"width": width, "height": 900})
+            page.goto(url, wait_until="load")
+            images = page.eval_on_selector_all(
+                "img", "els => els.map(e => [e.alt, e.complete && e.naturalWidth > 0])"
+            )
+            shot = None
+            if screenshot is not None:
+                from rightfocus._io import atomic_path
+
+                with atomic_path(Path(screenshot)) as tmp:
+                    page.screenshot(path=str(tmp), full_page=True, type="png")
+                shot = Path(screenshot)
+        finally:
+            browser.close()
+    return {"images": len(images), "broken": [a for a, ok in images if not ok], "screenshot": shot}
