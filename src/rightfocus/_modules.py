@@ -96,7 +96,7 @@ def _by_path(model: nn.Module, path: str) -> nn.Module | None:
 # (class name test, candidate paths): the first path that exists is the family's default layer.
 _FAMILY_LAYERS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
     (("Swin",), ("norm",)),
-    (("VisionTransformer", "Deit", "Eva", "Beit"), ("blocks.-1.norm1",)),
+    (("VisionTransformer", "Deit", "Eva", "Beit"), ("blocks.-1.norm1", "encoder.layers.-1.ln_1")),
     (("ConvNeXt",), ("stages.-1",)),
     (("EfficientNet",), ("bn2", "features.-1")),
     (("MobileNetV3", "MobileNet"), ("blocks.-1", "features.-1")),
