@@ -18,7 +18,8 @@ every group, so a stopped run keeps what it measured.
 
 Usage: ``python benchmarks/attribution.py [--quick] [--only NAME] [--model M] [--threads 2]``.
 A complete run (no ``--only``/``--model``) writes ``benchmarks/results/attribution.json``;
-partial runs write ``benchmarks/results/attribution.partial.json`` and never touch it.
+partial runs write ``benchmarks/results/attribution.<model>[.<method>].partial.json`` and never
+touch it.
 """
 
 from __future__ import annotations
@@ -44,7 +45,14 @@ from rightfocus.models.lenet import LeNet5
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "attribution.json"
-PARTIAL = HERE / "results" / "attribution.partial.json"
+
+
+def partial_path(model: str | None, only: str | None) -> Path:
+    """Where a partial run (or a full run still in progress) keeps its rows."""
+    suffix = f".{only}" if only else ""
+    return HERE / "results" / f"attribution.{model or 'all'}{suffix}.partial.json"
+
+
 MODELS = ("lenet5", "resnet18", "vit")
 
 IG_STEPS = 50
@@ -146,6 +154,8 @@ GOALS = {  # method -> minimum ours / fastest peer (or floor)
 }
 CHEAP = ("saliency", "input_x_gradient", "guided_backprop", "deconvnet", "lrp", "deeplift")
 """Methods of one or two passes: on the large models the others get one round (no warm-up)."""
+QUICK_BATCH = 2
+"""--quick: the methods outside ``CHEAP`` run on this many images of the large models."""
 QUICK_OPTIONS = {  # --quick: cheaper settings (the same for ours and the peers)
     "integrated_gradients": {"n_steps": 10},
     "smoothgrad": {"n_samples": 4},
@@ -354,6 +364,8 @@ def time_method(
     """One group: ours, each peer that has the method, the floor where it applies."""
     entry = TABLE[method]
     opts = options_for(method, tag, quick)
+    if quick and tag != "lenet5" and method not in CHEAP:
+        x, t = x[:QUICK_BATCH], t[:QUICK_BATCH]
     impls: list[tuple[str, Callable[[], Any]]] = [
         ("rightfocus", lambda: attribute(model, x, t, method, **opts))
     ]
@@ -484,8 +496,8 @@ def main(argv: list[str] | None = None) -> None:
         METHODS.get(args.only)  # raises with the known names
     torch.set_num_threads(args.threads)
     full = args.only is None and args.model is None
-    out_path = RESULTS if full else PARTIAL
-    tmp_path = PARTIAL
+    tmp_path = partial_path(args.model, args.only)
+    out_path = RESULTS if full else tmp_path
     info = meta(args, sys.argv[1:] if argv is None else argv)
     rows: list[dict[str, Any]] = []
     print(f"{'model':<9} {'method':<21} {'ours img/s':>10}  {'vs floor':>12}  "
@@ -509,7 +521,7 @@ def main(argv: list[str] | None = None) -> None:
                 for r in new:
                     print(fmt_row(r), flush=True)
             rows += new
-            atomic_write_json(tmp_path, {"meta": info, "rows": rows, "complete": False})
+            atomic_write_json(tmp_path, {"meta": info, "rows": rows, "finished": False})
         run_cams = tag != "vit" and (args.only is None or TABLE[args.only].script == _CAM)
         if run_cams and args.quick and tag != "lenet5":
             print(f"{tag:<9} CAM family skipped with --quick (run cam_speed.py)", flush=True)
@@ -519,10 +531,10 @@ def main(argv: list[str] | None = None) -> None:
             for r in new:
                 print(fmt_row(r), flush=True)
             rows += new
-            atomic_write_json(tmp_path, {"meta": info, "rows": rows, "complete": False})
-    atomic_write_json(out_path, {"meta": info, "rows": rows, "complete": full})
-    if full and PARTIAL.exists():
-        PARTIAL.unlink()
+            atomic_write_json(tmp_path, {"meta": info, "rows": rows, "finished": False})
+    atomic_write_json(out_path, {"meta": info, "rows": rows, "finished": True, "full": full})
+    if full and tmp_path.exists():
+        tmp_path.unlink()
     print(f"\nwrote {out_path}")
 
 

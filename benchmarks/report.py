@@ -45,7 +45,7 @@ def attribution_section(data: dict[str, Any]) -> list[str]:
         "",
         f"Command: `{meta['command'].strip()}`"
         + (" (quick settings)" if meta["quick"] else "")
-        + ("" if data.get("complete") else " — **stopped early: rows below are what finished**"),
+        + ("" if data.get("finished") else " — **stopped early: rows below are what finished**"),
         "",
         "Images/s (higher is better), median of interleaved repeats. *vs fastest peer* is ours "
         "divided by the fastest peer that has the method (>= 1.00x: we are at least as fast); "
@@ -79,10 +79,12 @@ def attribution_section(data: dict[str, Any]) -> list[str]:
 
 
 def memory_section(data: dict[str, Any]) -> list[str]:
+    steps = data["steps"]
     lines = [
-        "## Memory: Integrated Gradients, 50 steps, ResNet-18, batch 16",
+        f"## Memory: Integrated Gradients, {steps} steps, ResNet-18, batch 16",
         "",
-        "Command: `python benchmarks/memory.py`. Each case in a fresh process; peak = peak "
+        f"Command: `python benchmarks/memory.py --steps {steps}`. Each case in a fresh process; "
+        "peak = peak "
         "resident memory minus the resident memory before the call. Goal: <= 2 GB at no worse "
         "throughput than Captum's best setting.",
         "",
@@ -95,7 +97,8 @@ def memory_section(data: dict[str, Any]) -> list[str]:
             continue
         note = ""
         if "extrapolated_batch16_gb" in r:
-            note = f"batch {r['batch']}; ~{r['extrapolated_batch16_gb']:.1f} GB at batch 16"
+            note = (f"batch {r['batch']}, all path points in one pass; "
+                    f"~{r['extrapolated_batch16_gb']:.1f} GB at batch 16 and 50 steps")  # fmt: skip
         lines.append(f"| {r['case']} | {r['images_per_s']:.2f} | {r['peak_gb']:.2f} | {note} |")
     return [*lines, ""]
 
@@ -141,8 +144,22 @@ def quantus_section(data: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _merge_partial_runs() -> dict[str, Any] | None:
+    """The rows of every partial run (``attribution.<model>...partial.json``), one table."""
+    parts = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("attribution.*.json"))]
+    if not parts:
+        return None
+    meta = dict(parts[0]["meta"])
+    meta["command"] = "; ".join(p["meta"]["command"].strip() for p in parts)
+    meta["quick"] = any(p["meta"]["quick"] for p in parts)
+    rows = [r for p in parts for r in p["rows"]]
+    return {"meta": meta, "rows": rows, "finished": all(p.get("finished") for p in parts)}
+
+
 def render() -> str:
-    attribution = _load("attribution") or _load("attribution.partial")
+    attribution = _load("attribution")
+    if attribution is None or not attribution.get("finished"):
+        attribution = _merge_partial_runs()
     lines = [
         "# Benchmarks",
         "",
