@@ -102,6 +102,7 @@ def test_paint_save_retrain_compare(server: str, session, tmp_path: Path) -> Non
         assert np.array_equal(stored, expected)
         assert rec.strategy == "misclassified" and rec.version == 1
         assert "1 annotated" in page.inner_text("#run")
+        assert "mask version 1 (tester" in page.inner_text("#image-title")
         page.screenshot(path=str(shot))
         # undo / redo from the keyboard act on the canvas state; arrows move along the queue
         painted = "window.studio.masks.dont.reduce((a, b) => a + b, 0)"

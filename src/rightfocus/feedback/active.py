@@ -205,10 +205,11 @@ def reproduce_active_feedback(
 
     def run(cfg: Any, label: str) -> dict[str, float]:
         t0 = time.perf_counter()
+        finished = (cfg.run_dir / "metrics.json").is_file()
         metrics = run_experiment(cfg, quiet=True)
         seconds.append(time.perf_counter() - t0)
         timing = cfg.run_dir / "timing.json"
-        if timing.is_file():
+        if timing.is_file() and not finished:  # only runs trained in this call
             nonlocal steps
             steps += float(json.loads(timing.read_text()).get("train_step_seconds", 0.0))
         log(

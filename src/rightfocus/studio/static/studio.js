@@ -109,6 +109,11 @@ function renderQueue() {
 
 // ---- inspect -----------------------------------------------------------------------------
 
+function showTitle(record) {
+  $("image-title").textContent = `image #${state.index} · ${state.W}×${state.H} · ` +
+    `mask version ${state.version}` + (record ? ` (${record.who || "?"}, ${record.when})` : "");
+}
+
 async function openAt(k) {
   if (k < 0 || k >= state.queue.length) return;
   state.pos = k;
@@ -134,8 +139,7 @@ async function openImage(index) {
   state.segments = null;
   state.image = await apiBitmap(`/api/images/${index}/image.png`);
   await loadOverlay();
-  $("image-title").textContent = `image #${index} · ${info.width}×${info.height} · ` +
-    `mask version ${info.version}` + (info.record ? ` (${info.record.who || "?"}, ${info.record.when})` : "");
+  showTitle(info.record);
   const probs = info.probs.map((p, c) =>
     `<div class="bar${c === info.pred ? " pred" : ""}"><span>${c}</span>` +
     `<span class="fill" style="width:${Math.round(p * 150)}px"></span><span>${p.toFixed(3)}</span></div>`);
@@ -346,6 +350,7 @@ async function save() {
     });
     state.version = rec.version;
     state.annotated.add(state.index);
+    showTitle(rec);
     showRun();
     const item = state.queue.find((q) => q.index === state.index);
     if (item) item.annotated = true;
