@@ -397,6 +397,7 @@ def _decoy_figures(
         if unc:
             path = figs.uncertainty_maps(
                 t0[f"{variant}/images"],
+                t0[f"{variant}/masks"],
                 {m: (t[f"{variant}/eu_mean"], t[f"{variant}/eu_std"]) for m, t in unc.items()},
                 fig_dir / f"{variant}_explanation_uncertainty.png",
             )

@@ -93,8 +93,18 @@ def reliability_grid(
         conf = np.where(has, np.asarray(b["confidence_sum"]) / np.maximum(count, 1), 0.0)
         ece = float(np.sum(count / max(count.sum(), 1) * np.abs(acc - conf)))
         centers = (np.arange(n_bins) + 0.5) / n_bins
-        ax.bar(centers, acc, width=1 / n_bins, edgecolor="k", linewidth=0.4, label="accuracy")
-        ax.bar(centers, conf - acc, bottom=acc, width=1 / n_bins, color="r", alpha=0.3, label="gap")
+        ax.bar(
+            centers[has], acc[has], width=1 / n_bins, edgecolor="k", linewidth=0.4, label="accuracy"
+        )
+        ax.bar(
+            centers[has],
+            (conf - acc)[has],
+            bottom=acc[has],
+            width=1 / n_bins,
+            color="r",
+            alpha=0.35,
+            label="gap to confidence",
+        )
         ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
@@ -110,23 +120,35 @@ def reliability_grid(
 
 
 def uncertainty_maps(
-    images: Tensor, methods: Mapping[str, tuple[Tensor, Tensor]], path: str | Path, n: int = 4
+    images: Tensor,
+    masks: Tensor,
+    methods: Mapping[str, tuple[Tensor, Tensor]],
+    path: str | Path,
+    n: int = 4,
 ) -> Path:
-    """Per Bayesian method, for the first ``n`` images: the mean attribution over posterior
-    samples and its per-pixel std (the explanation's epistemic uncertainty), side by side."""
+    """Row 0: the first ``n`` images (decoy boxed); one row per Bayesian method: the mean
+    attribution over posterior samples and its per-pixel std (the explanation's epistemic
+    uncertainty), side by side; each map normalised to its own maximum."""
     plt = _plt()
     n = min(n, images.shape[0])
+    rows = len(methods) + 1
     fig, axes = plt.subplots(
-        len(methods), 2 * n + 1, figsize=(1.1 * (2 * n + 1), 1.3 * len(methods)), squeeze=False
+        rows, 2 * n + 1, figsize=(1.1 * (2 * n + 1), 1.3 * rows), squeeze=False
     )
-    for i, (name, (mean, std)) in enumerate(methods.items()):
+    axes[0, 0].text(0.5, 0.5, "input", ha="center", va="center", fontsize=8)
+    for j in range(n):
+        axes[0, 1 + 2 * j].imshow(_image(images[j]), cmap="gray", vmin=0, vmax=1)
+        _outline(axes[0, 1 + 2 * j], masks[j])
+    for i, (name, (mean, std)) in enumerate(methods.items(), 1):
         axes[i, 0].text(0.5, 0.5, name, ha="center", va="center", fontsize=8)
         for j in range(n):
             axes[i, 1 + 2 * j].imshow(to_heatmap(mean[j]), cmap="inferno", vmin=0, vmax=1)
             axes[i, 2 + 2 * j].imshow(to_heatmap(std[j]), cmap="viridis", vmin=0, vmax=1)
-            if i == 0:
-                axes[i, 1 + 2 * j].set_title(f"#{j} mean", fontsize=7)
-                axes[i, 2 + 2 * j].set_title(f"#{j} std", fontsize=7)
+            _outline(axes[i, 1 + 2 * j], masks[j])
+            _outline(axes[i, 2 + 2 * j], masks[j])
+            if i == 1:
+                axes[i, 1 + 2 * j].set_title("mean", fontsize=7)
+                axes[i, 2 + 2 * j].set_title("std", fontsize=7)
     for ax in axes.flat:
         ax.set_axis_off()
     fig.tight_layout()
