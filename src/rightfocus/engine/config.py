@@ -31,6 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rightfocus import configs as shipped_configs
+from rightfocus.errors import UserError
 
 __all__ = [
     "METRIC_NAMES",
@@ -52,7 +53,7 @@ __all__ = [
 METRIC_NAMES = ("accuracy", "balanced_accuracy", "f1", "auc", "ece", "nll", "overlap")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file, override or value is invalid; the message says which and what to do."""
 
 
