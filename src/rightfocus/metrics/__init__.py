@@ -10,7 +10,7 @@ from rightfocus.metrics.calibration import (
     nll,
     reliability_data,
 )
-from rightfocus.metrics.classification import classification_report
+from rightfocus.metrics.classification import UndefinedMetricWarning, classification_report
 from rightfocus.metrics.explanation import overlap, pointing_game, relevance_mass, relevance_rank
 from rightfocus.metrics.faithfulness import deletion, insertion, log_odds_change
 from rightfocus.metrics.sanity import model_randomisation_check
@@ -18,6 +18,7 @@ from rightfocus.metrics.similarity import cka_matrix, linear_cka
 from rightfocus.metrics.uncertainty import accuracy_rejection_curve, explanation_uncertainty
 
 __all__ = [
+    "UndefinedMetricWarning",
     "accuracy_rejection_curve",
     "brier_score",
     "cka_matrix",
