@@ -54,3 +54,29 @@ def test_peers_are_known(table):
     known = {"captum", "zennit", "pytorch-grad-cam"}
     for name, entry in table.items():
         assert set(entry.peers) <= known, (name, entry.peers)
+
+
+@pytest.mark.slow  # runs one real benchmark group (ours, Captum, Zennit, floor) on 4 images
+def test_partial_runs_never_overwrite_the_full_results(tmp_path, monkeypatch):
+    """``--only`` / ``--model`` write their own file, row by row; the full table stays."""
+    import json
+
+    import torch
+
+    from rightfocus.models.lenet import LeNet5
+
+    bench = _load("attribution")
+    full = tmp_path / "attribution.json"
+    full.write_text('{"untouched": true}')
+    monkeypatch.setattr(bench, "RESULTS", full)
+    monkeypatch.setattr(bench, "partial_path", lambda m, o: tmp_path / f"attribution.{m}.{o}.json")
+    torch.manual_seed(0)
+    tiny = (LeNet5().eval(), torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3]))
+    monkeypatch.setattr(bench, "build", lambda tag: tiny)
+    bench.main(["--quick", "--model", "lenet5", "--only", "saliency", "--threads", "1"])
+    assert json.loads(full.read_text()) == {"untouched": True}
+    out = json.loads((tmp_path / "attribution.lenet5.saliency.json").read_text())
+    assert out["finished"] and not out["full"]
+    (row,) = out["rows"]
+    assert row["method"] == "saliency" and row["images_per_s"] > 0
+    assert set(row["peers"]) == {"captum", "zennit"}
