@@ -29,7 +29,7 @@ def _write_config(tmp_path: Path) -> Path:
             "dataset": "decoy_mnist",
             "variant": "position",
             "max_train": 150,
-            "max_test": 40,
+            "max_test": 8,  # fewer test digits than classes: AUC is undefined
             "batch_size": 50,
             "folds": 3,
         },
@@ -55,6 +55,11 @@ def test_train_evaluate_explain(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "balanced_accuracy" in result.output
     run_dir = tmp_path / "runs" / "cli" / "r"
+    # an undefined metric is null (strict JSON), shown as "undefined", never a bare NaN
+    text = (run_dir / "metrics.json").read_text()
+    saved = json.loads(text, parse_constant=lambda c: pytest.fail(f"invalid JSON constant {c}"))
+    assert saved["auc"] is None and isinstance(saved["accuracy"], float)
+    assert "undefined" in result.stdout
     assert "lr: 0.002" in (run_dir / "config.yaml").read_text()
 
     result = runner.invoke(app, ["evaluate", str(run_dir), "--split", "val"])
