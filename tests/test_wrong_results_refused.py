@@ -100,6 +100,11 @@ def test_empty_class_folder_is_an_error_naming_it(tmp_path: Path) -> None:
     _folder(tmp_path, {"cat": 2, "dog": 0, "emu": 1})
     with pytest.raises(UserError, match=r"class folder .*dog holds no images"):
         DATASETS.get("image_folder")(root=str(tmp_path))
+    # a test split takes its classes from train/: a class absent from the test set is allowed
+    _folder(tmp_path / "split" / "train", {"cat": 2, "dog": 1})
+    _folder(tmp_path / "split" / "test", {"cat": 1, "dog": 0})
+    test = DATASETS.get("image_folder")(root=str(tmp_path / "split"), split="test")
+    assert test.classes == ["cat", "dog"] and test.targets == [0]
 
 
 def test_corrupt_image_and_wrong_size_or_corrupt_mask_name_the_file(tmp_path: Path) -> None:

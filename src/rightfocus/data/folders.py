@@ -185,14 +185,19 @@ def split_folder(root: str | Path | None, split: str) -> Path:
     )
 
 
-def _scan_classes(base: Path, classes: Sequence[str]) -> tuple[list[Path], list[int]]:
+def _scan_classes(
+    base: Path, classes: Sequence[str], allow_empty: bool = False
+) -> tuple[list[Path], list[int]]:
     """Image files and labels of every class folder; an empty class folder is an error (it
-    would become a class the model can never see)."""
+    would become a class the model can never see) unless ``allow_empty`` (a test split whose
+    classes come from the train folder: a class absent from the test set is logged)."""
     files: list[Path] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
         found = list_images(base / name)
-        if not found:
+        if not found and allow_empty:
+            log.warning("class folder %s holds no images: class %r is absent", base / name, name)
+        elif not found:
             raise UserError(
                 f"class folder {base / name} holds no images ({', '.join(IMAGE_EXTENSIONS)})",
                 hint="add images or remove the folder",
@@ -228,9 +233,10 @@ class ImageFolderDataset(PairedImageDataset):
     ) -> None:
         super().__init__(**transform_options)
         base = split_folder(root, split)
+        from_train = classes is None and _train_classes(root, split) is not None
         classes = classes or _train_classes(root, split)
         self.classes = find_class_folders(base, classes)
-        self.files, self.targets = _scan_classes(base, self.classes)
+        self.files, self.targets = _scan_classes(base, self.classes, allow_empty=from_train)
         log.info("ImageFolder %s: %d images, %d classes", base, len(self.files), len(self.classes))
 
     def _load(self, index: int) -> tuple[Image.Image, int, np.ndarray | None]:
@@ -264,9 +270,12 @@ class MaskedImageFolder(PairedImageDataset):
         base = split_folder(root, split)
         if not (base / image_dir).is_dir():
             raise ValueError(f"no image folder {base / image_dir}; expected {image_dir}/<class>/")
+        from_train = classes is None and _folder_train_classes(root, split, image_dir) is not None
         classes = classes or _folder_train_classes(root, split, image_dir)
         self.classes = find_class_folders(base / image_dir, classes)
-        self.files, self.targets = _scan_classes(base / image_dir, self.classes)
+        self.files, self.targets = _scan_classes(
+            base / image_dir, self.classes, allow_empty=from_train
+        )
         self.mask_files: list[Path | None] = []
         for f in self.files:
             self.mask_files.append(_match_mask(base / mask_dir / f.parent.name, f.stem))
