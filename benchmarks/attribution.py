@@ -155,7 +155,7 @@ GOALS = {  # method -> minimum ours / fastest peer (or floor)
 CHEAP = ("saliency", "input_x_gradient", "guided_backprop", "deconvnet", "lrp", "deeplift")
 """Methods of one or two passes: on the large models the others get one round (no warm-up)."""
 QUICK_BATCH = 2
-"""--quick: the methods outside ``CHEAP`` run on this many images of the large models."""
+"""--quick: every method runs on this many images of the large models."""
 QUICK_OPTIONS = {  # --quick: cheaper settings (the same for ours and the peers)
     "integrated_gradients": {"n_steps": 10},
     "smoothgrad": {"n_samples": 4},
@@ -364,7 +364,7 @@ def time_method(
     """One group: ours, each peer that has the method, the floor where it applies."""
     entry = TABLE[method]
     opts = options_for(method, tag, quick)
-    if quick and tag != "lenet5" and method not in CHEAP:
+    if quick and tag != "lenet5":
         x, t = x[:QUICK_BATCH], t[:QUICK_BATCH]
     impls: list[tuple[str, Callable[[], Any]]] = [
         ("rightfocus", lambda: attribute(model, x, t, method, **opts))
