@@ -93,3 +93,26 @@ def test_score_pool_agrees_with_batch_functions(tiny_cnn: torch.nn.Module) -> No
         S.score_pool(tiny_cnn, pool, idx, "uncertainty")
     with pytest.raises(ValueError, match="Unknown strategy"):
         S.score_pool(tiny_cnn, pool, idx, "nonsense")
+
+
+def test_uncertainty_strategy_on_a_bayesian_model(tiny_cnn: torch.nn.Module) -> None:
+    from rightfocus.bayes import to_bayesian
+    from rightfocus.metrics.uncertainty import explanation_uncertainty
+
+    model = to_bayesian(tiny_cnn.float(), rho_init=-2.0).eval()
+    pool = _pool()
+    idx = [1, 2, 6, 9]
+    got = S.score_pool(model, pool, idx, "uncertainty", mc_samples=4, seed=3, batch_size=2)
+    x = torch.stack([pool[i][0] for i in idx])
+    # the same posterior draws: batch by batch, seeded like score_pool
+    ref = []
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        for b in (x[:2], x[2:]):
+            from rightfocus.engine.module import predict_probs
+
+            pred = predict_probs(model, b, True, 4).argmax(1)
+            eu = explanation_uncertainty(model, b, pred, method="saliency", samples=4, seed=3)
+            ref.append(S.uncertainty(eu.mean, eu.std))
+    assert np.allclose(got, torch.cat(ref).numpy(), rtol=1e-5)
+    assert (got > 0).all()

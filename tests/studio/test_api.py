@@ -230,3 +230,17 @@ def test_cli_studio_needs_a_run(tmp_path: Path) -> None:
     assert r.exit_code != 0 and "not a run folder" in r.output
     r = CliRunner().invoke(app, ["studio"])
     assert r.exit_code != 0 and "run folder" in r.output
+
+
+def test_uncertainty_map_needs_a_bayesian_model_and_history_lists_versions(
+    client: TestClient,
+    session,  # type: ignore[no-untyped-def]
+) -> None:
+    i = _train_index(session)
+    r = client.get(f"/api/images/{i}/uncertainty.png")
+    assert r.status_code == 400 and "Bayesian" in r.json()["detail"]
+    client.put(f"/api/images/{i}/mask", json=_body(np.zeros((28, 28)), who="a"))
+    client.put(f"/api/images/{i}/mask", json=_body(np.ones((28, 28)), base_version=1, who="b"))
+    hist = client.get(f"/api/images/{i}/history").json()
+    assert [(h["version"], h["who"]) for h in hist] == [(1, "a"), (2, "b")]
+    assert "app;dur=" in client.get("/api/session").headers["server-timing"]
