@@ -185,7 +185,10 @@ def build(tag: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     vit = build_model(
         "vit", image_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3
     ).eval()
-    return vit, torch.randn(8, 3, 224, 224), torch.randint(0, 1000, (8,))
+    x = torch.randn(8, 3, 224, 224)
+    with torch.no_grad():
+        classes = vit(x[:1]).shape[1]
+    return vit, x, torch.randint(0, classes, (8,))
 
 
 # --- the floor and the peers ------------------------------------------------------------------
