@@ -5,7 +5,7 @@ settings for the costly ones) plus the CAM family: one call with a ``(256, 10)``
 vs 10 calls with one ``(256,)`` column each, interleaved repeats, median seconds; the results
 must be identical (the maximum difference is reported). Goal: >= 3x.
 
-Usage: ``python benchmarks/multitarget.py [--repeats 3] [--threads 2] [--only NAME]``; writes
+Usage: ``python benchmarks/multitarget.py [--repeats 3] [--threads 2] [--only A,B]``; writes
 ``benchmarks/results/multitarget.json``.
 """
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--only", default=None)
+    parser.add_argument("--only", default=None, help="comma-separated method names")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     bench = _bench_module()
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     print(f"{'method':<22}{'one call s':>11}{'10 calls s':>11}{'speed-up':>10}{'max diff':>11}")
     for name in names:
-        if args.only not in (None, name):
+        if args.only and name not in args.only.split(","):
             continue
         timed_here = "lenet5" in bench.TABLE[name].models
         opts = bench.options_for(name, "lenet5", True) if timed_here else {}
