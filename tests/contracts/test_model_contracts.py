@@ -11,6 +11,11 @@ from rightfocus import MODELS
 from rightfocus._modules import resolve_layer
 
 NAMES = MODELS.names()
+# The large timm / torchvision families take seconds each to build: slow (``make test`` runs them).
+CASES = [
+    pytest.param(n, marks=pytest.mark.slow) if MODELS.metadata(n).get("family") else n
+    for n in NAMES
+]
 # Smallest input each architecture family accepts, to keep the test cheap (native 224 otherwise).
 SMALL = {28: 28, 224: 64}
 EXTRA = {"xresnet": {"width": 4}}
@@ -21,7 +26,7 @@ def _size(name: str) -> int:
     return int(MODELS.metadata(name).get("min_input_size", SMALL.get(native, native)))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_model_builds_and_declares_an_existing_target_layer(name: str) -> None:
     meta = MODELS.metadata(name)
     assert isinstance(meta.get("target_layer"), str) and meta["target_layer"], name
