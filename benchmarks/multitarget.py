@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--only", default=None, help="comma-separated method names")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
                 [attribute(model, x, targets[:, k], name, **opts) for k in range(K)], dim=1
             )
 
-        one, loop = bench.interleaved([multi, separate], args.repeats)
+        one, loop = bench.interleaved([multi, separate], args.repeats, args.warmup)
         diff = float((outs["multi"] - outs["separate"]).abs().max())
         scale = float(outs["separate"].abs().max())
         row = {"method": name, "multi_s": one, "separate_s": loop, "speedup": loop / one,
