@@ -77,8 +77,9 @@ def main(argv: list[str] | None = None) -> None:
         mark = "" if row["met"] else "  below goal"
         print(f"{name:<22}{one:>11.3f}{loop:>11.3f}{loop / one:>9.2f}x{diff:>11.1e}{mark}",
               flush=True)  # fmt: skip
+        command = " ".join(["python benchmarks/multitarget.py", *(argv or sys.argv[1:])])
         atomic_write_json(RESULTS, {"threads": args.threads, "targets": K, "batch": x.shape[0],
-                                    "rows": rows})  # fmt: skip
+                                    "rows": rows, "command": command})  # fmt: skip
     print(f"wrote {RESULTS}")
 
 

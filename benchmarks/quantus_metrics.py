@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,10 @@ def main(argv: list[str] | None = None) -> None:
         "randomisation, ours:  ", {k: round(v, 3) for k, v in rows[1]["ours_correlations"].items()}
     )
     print("randomisation, quantus:", {k: round(v, 3) for k, v in theirs_layers.items()})
-    atomic_write_json(RESULTS, {"threads": args.threads, "steps": STEPS, "rows": rows})
+    command = " ".join(["python benchmarks/quantus_metrics.py", *(argv or sys.argv[1:])])
+    atomic_write_json(
+        RESULTS, {"threads": args.threads, "steps": STEPS, "rows": rows, "command": command}
+    )
     print(f"wrote {RESULTS}")
 
 

@@ -26,7 +26,7 @@ MODEL_TITLES = {
 }
 
 
-HEADER = "| method | ours img/s | peers img/s | vs fastest peer | vs floor | goal | notes |"
+HEADER = "| method | batch | ours img/s | peers img/s | vs fastest peer | vs floor | goal | notes |"
 
 
 def _load(name: str) -> dict[str, Any] | None:
@@ -58,19 +58,19 @@ def attribution_section(data: dict[str, Any]) -> list[str]:
         mine = [r for r in rows if r.get("model") == tag]
         if not mine:
             continue
-        lines += [f"### {title}", "", HEADER, "|---|---:|---|---:|---:|---|---|"]
+        lines += [f"### {title}", "", HEADER, "|---|---:|---:|---|---:|---:|---|---|"]
         for r in mine:
             if "error" in r:
-                lines.append(f"| {r['method']} | error | | | | | {r['error'][:100]} |")
+                lines.append(f"| {r['method']} | | error | | | | | {r['error'][:100]} |")
                 continue
-            peers = ", ".join(f"{k} {v:.1f}" for k, v in r.get("peers", {}).items()) or "none"
+            peers = ", ".join(f"{k} {v:.3g}" for k, v in r.get("peers", {}).items()) or "none"
             goal = ""
             if "goal" in r:
                 state = "met" if r.get("met") else "**missed**"
                 goal = f">= {r['goal']}x {r.get('goal_vs', '')}: {state}"
             notes = "; ".join(r.get("notes", []))
             lines.append(
-                f"| {r['method']} | {r['images_per_s']:.1f} | {peers} | "
+                f"| {r['method']} | {r['batch']} | {r['images_per_s']:.3g} | {peers} | "
                 f"{_ratio(r.get('vs_fastest_peer'))} | {_ratio(r.get('vs_floor'))} | {goal} | "
                 f"{notes} |"
             )
@@ -99,7 +99,7 @@ def memory_section(data: dict[str, Any]) -> list[str]:
         if "extrapolated_batch16_gb" in r:
             note = (f"batch {r['batch']}, all path points in one pass; "
                     f"~{r['extrapolated_batch16_gb']:.1f} GB at batch 16 and 50 steps")  # fmt: skip
-        lines.append(f"| {r['case']} | {r['images_per_s']:.2f} | {r['peak_gb']:.2f} | {note} |")
+        lines.append(f"| {r['case']} | {r['images_per_s']:.3g} | {r['peak_gb']:.2f} | {note} |")
     return [*lines, ""]
 
 
@@ -108,8 +108,8 @@ def multitarget_section(data: dict[str, Any]) -> list[str]:
         f"## Several targets in one call: LeNet-5, batch {data['batch']}, "
         f"{data['targets']} targets",
         "",
-        "Command: `python benchmarks/multitarget.py`. One call with a `(B, 10)` target vs 10 "
-        "calls; goal >= 3x with identical results.",
+        f"Command: `{data.get('command', 'python benchmarks/multitarget.py')}`. One call with a "
+        "`(B, 10)` target vs 10 calls; goal >= 3x with identical results.",
         "",
         "| method | one call s | 10 calls s | speed-up | max abs diff | goal |",
         "|---|---:|---:|---:|---:|---|",
@@ -125,8 +125,8 @@ def quantus_section(data: dict[str, Any]) -> list[str]:
     lines = [
         "## Evaluation metrics vs Quantus",
         "",
-        "Command: `python benchmarks/quantus_metrics.py`. Same trained LeNet, "
-        f"{data['rows'][0]['images']} MNIST images, same attributions; goal >= 10x.",
+        f"Command: `{data.get('command', 'python benchmarks/quantus_metrics.py')}`. Same "
+        f"trained LeNet, {data['rows'][0]['images']} MNIST images, same attributions; goal >= 10x.",
         "",
         "| metric | Quantus equivalent | ours s | Quantus s | speed-up | agreement |",
         "|---|---|---:|---:|---:|---|",
