@@ -117,14 +117,17 @@ def test_base_extends_and_merges(tmp_path: Path) -> None:
         load_config(child)
 
 
-def test_proxy_attention_block_checked() -> None:
+def test_proxy_attention_is_a_guidance_method() -> None:
     raw = {**MIN, "optim": {"epochs": 3}}
-    cfg = load_config_dict({**raw, "proxy_attention": {"schedule": [1, "p", 1], "threshold": 0.5}})
-    assert isinstance(cfg, Config)
+    pa = {"name": "proxy_attention", "schedule": [1, "p", 1], "threshold": 0.5}
+    cfg = load_config_dict({**raw, "guidance": [pa]})
+    assert isinstance(cfg, Config) and cfg.guidance[0].name == "proxy_attention"
     with pytest.raises(ConfigError, match="has no parameter 'treshold'"):
-        load_config_dict({**raw, "proxy_attention": {"treshold": 0.5}})
+        load_config_dict({**raw, "guidance": [{"name": "proxy_attention", "treshold": 0.5}]})
     with pytest.raises(ConfigError, match=r"covers 5 epochs but optim\.epochs is 3"):
-        load_config_dict({**raw, "proxy_attention": {"schedule": [2, "p", 2]}})
+        load_config_dict({**raw, "guidance": [{**pa, "schedule": [2, "p", 2]}]})
+    with pytest.raises(ConfigError, match=r"now a guidance method.*name: proxy_attention"):
+        load_config_dict({**raw, "proxy_attention": {"schedule": [1, "p", 1]}})
 
 
 @pytest.mark.parametrize(

@@ -125,15 +125,18 @@ def _config(tmp_path: Path, name: str, **extra: Any) -> dict[str, Any]:
             "folds": 2,
         },
         "model": {"name": name, "options": MODELS[name]},
-        "guidance": [{"name": "rrr", "lam": 10.0}],
+        "guidance": [
+            {"name": "rrr", "lam": 10.0},
+            {
+                "name": "proxy_attention",
+                "schedule": [1, "p", 1],
+                "method": "gradcam",
+                "subset": 1.0,
+                "batch_size": 16,
+            },
+        ],
         "optim": {"epochs": 3, "lr": 1e-3},
         "trainer": {"log_every_n_steps": 1, "progress_bar": False},
-        "proxy_attention": {
-            "schedule": [1, "p", 1],
-            "method": "gradcam",
-            "subset": 1.0,
-            "batch_size": 16,
-        },
         "evaluation": {"metrics": ["accuracy", "nll"]},
     }
     raw.update(extra)

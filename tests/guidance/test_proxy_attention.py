@@ -316,3 +316,42 @@ def test_registered_guidance_hooks(tmp_path: Path) -> None:
         g.loss_terms(nn.Identity(), GuidedBatch(x, torch.zeros(2), torch.zeros(2, 1, 4, 4)), x)
         == {}
     )
+
+
+@pytest.mark.slow
+def test_engine_runs_proxy_attention_listed_as_guidance(tmp_path: Path) -> None:
+    """The engine knows Proxy Attention only as an entry of ``guidance:``: it wraps the
+    training set, installs the callback, and the run (resumable) writes the proxy figure."""
+    from rightfocus.engine.config import load_config_dict
+    from rightfocus.engine.run import run_experiment
+
+    raw = {
+        "runs_dir": str(tmp_path / "runs"),
+        "experiment": "proxy",
+        "run": "lenet",
+        "data": {"dataset": "mnist", "max_train": 96, "max_test": 32, "batch_size": 32, "folds": 1},
+        "model": {"name": "lenet"},
+        "guidance": [
+            {
+                "name": "proxy_attention",
+                "schedule": [1, "p", 1],
+                "method": "gradcam",
+                "subset": 1.0,
+                "threshold": 0.5,
+                "store": "add",
+                "figure_images": 4,
+            }
+        ],
+        "optim": {"epochs": 3, "lr": 1e-3},
+        "evaluation": {"metrics": ["accuracy"]},
+        "trainer": {"progress_bar": False},
+    }
+    cfg = load_config_dict(raw)
+    metrics = run_experiment(cfg, quiet=True)
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    assert (cfg.run_dir / "figures" / "proxy_attention" / "proxy_epoch001.png").is_file()
+    state = torch.load(cfg.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    (key,) = [k for k in state["callbacks"] if "ProxyAttentionCallback" in k]
+    assert state["callbacks"][key]["steps_done"] == [1]
+    with pytest.raises(Exception, match=r"now a guidance method"):
+        load_config_dict({**raw, "guidance": [], "proxy_attention": {"schedule": [1, "p", 1]}})

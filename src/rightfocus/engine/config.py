@@ -1,7 +1,7 @@
 """Experiment configs: a strict, validated schema read from YAML, with ``base:`` and ``--set``.
 
 A config file is a mapping with the sections ``data``, ``model``, ``guidance``,
-``proxy_attention``, ``optim``, ``trainer`` and ``evaluation`` plus the top-level keys
+``optim``, ``trainer`` and ``evaluation`` plus the top-level keys
 ``experiment``, ``run`` and ``runs_dir`` (the run folder is ``<runs_dir>/<experiment>/<run>/``).
 ``base: other.yaml`` (relative to the file) extends another config: mappings are merged key by
 key, every other value (lists included) is replaced. Overrides are dotted paths with YAML values,
@@ -186,7 +186,6 @@ class Config(_Section):
     data: DataConfig
     model: ModelConfig
     guidance: list[GuidanceSpec] = Field(default_factory=list)
-    proxy_attention: dict[str, Any] | None = None
     optim: OptimConfig = Field(default_factory=OptimConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
@@ -396,20 +395,16 @@ def _check_guidance(cfg: Config) -> None:
             )
 
 
-def _check_proxy(cfg: Config) -> None:
-    if cfg.proxy_attention is None:
-        return
-    from rightfocus.guidance.proxy_attention import ProxyAttention, schedule_epochs
+def _check_guidance_config(cfg: Config) -> None:
+    """Every guidance method checks its options and the whole config (``check_config``)."""
+    from rightfocus._registry import GUIDANCE
 
-    _check_params("proxy_attention", "ProxyAttention", ProxyAttention.__init__, cfg.proxy_attention)
-    schedule = cfg.proxy_attention.get("schedule")
-    if schedule is not None:
-        total, _ = schedule_epochs(list(schedule))
-        if total != cfg.optim.epochs:
-            raise ConfigError(
-                f"proxy_attention.schedule covers {total} epochs but optim.epochs is "
-                f"{cfg.optim.epochs}: make them equal"
-            )
+    whole = cfg.to_dict()
+    for i, spec in enumerate(cfg.guidance):
+        try:
+            GUIDANCE.get(spec.name)(**spec.params).check_config(whole)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"guidance.{i} ({spec.name}): {err}") from None
 
 
 def _check_registries(cfg: Config) -> None:
@@ -439,6 +434,12 @@ def validate(raw: dict[str, Any], source: str = "config") -> Config:
         raise ConfigError(f"{source} must be a mapping of sections, not {type(raw).__name__}")
     if "base" in raw:
         raise ConfigError(f"{source}: 'base' is only allowed in config files")
+    if "proxy_attention" in raw:
+        raise ConfigError(
+            f"{source}: the proxy_attention: section is now a guidance method. Move its keys "
+            "into the guidance list: guidance: [{name: proxy_attention, schedule: [5, p, 9], "
+            "method: gradcam_plus_plus, ...}] (and drop proxy_attention:)"
+        )
     _check_keys(Config, raw)
     try:
         cfg = Config.model_validate(raw)
@@ -446,7 +447,7 @@ def validate(raw: dict[str, Any], source: str = "config") -> Config:
         raise ConfigError(f"Invalid {source}:\n{_format_errors(err)}") from None
     _check_registries(cfg)
     _check_guidance(cfg)
-    _check_proxy(cfg)
+    _check_guidance_config(cfg)
     return cfg
 
 

@@ -14,7 +14,7 @@ epoch's permutation), so two processes see exactly the batches one process would
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -24,6 +24,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from rightfocus.engine.config import Config
+from rightfocus.guidance.base import Guidance
 
 __all__ = ["EpochBatchSampler", "ExperimentData", "ResumableDataLoader", "build_dataset"]
 
@@ -164,14 +165,21 @@ class ExperimentData(pl.LightningDataModule):
 
     Attributes:
         train_dataset: the training part of fold ``fold`` (a ``FeedbackSubset``: masks kept on
-            ``feedback_fraction`` of the samples), wrapped in a ``ProxyDataset`` when Proxy
-            Attention is configured. val_dataset: the held-out fold (None when ``folds: 1``).
+            ``feedback_fraction`` of the samples), then wrapped by every guidance method's
+            ``wrap_train_dataset`` (e.g. Proxy Attention's proxy store).
+            val_dataset: the held-out fold (None when ``folds: 1``).
         test_dataset: the independent test split. normalization: None or ``(mean, std)``.
         batch_size: the global training batch size (the batch-size finder may change it).
     """
 
-    def __init__(self, config: Config, batch_size: int | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        batch_size: int | None = None,
+        guidance: Sequence[Guidance] = (),
+    ) -> None:
         super().__init__()
+        self.guidance = list(guidance)
         import rightfocus.data  # noqa: F401
         from rightfocus._registry import DATASETS
 
@@ -205,10 +213,8 @@ class ExperimentData(pl.LightningDataModule):
         else:
             train = pool
         train = FeedbackSubset(train, keep_fraction=d.feedback_fraction, seed=d.seed)
-        if self.config.proxy_attention is not None:
-            from rightfocus.guidance.proxy_attention import ProxyDataset
-
-            train = ProxyDataset(train)
+        for g in self.guidance:
+            train = g.wrap_train_dataset(train)
         self.train_dataset = train
 
     def class_weights(self, num_classes: int) -> Tensor | None:

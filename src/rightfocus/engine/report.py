@@ -8,8 +8,8 @@ naming the guidance ("none" when empty), and one column per metric.
 
 Example (the thesis' question "best accuracy for gradcam++ on dogs with threshold 0.5"):
     >>> runs = load_runs("runs")  # doctest: +SKIP
-    >>> best_run(runs, "accuracy", **{"proxy_attention.method": "gradcam_plus_plus",
-    ...          "data.dataset": "dogs", "proxy_attention.threshold": 0.5})  # doctest: +SKIP
+    >>> best_run(runs, "accuracy", **{"guidance.0.method": "gradcam_plus_plus",
+    ...          "data.dataset": "dogs", "guidance.0.threshold": 0.5})  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -58,8 +58,6 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 def _method_name(config: Mapping[str, Any]) -> str:
     guidance = config.get("guidance") or []
     names = [g.get("name", "?") for g in guidance if isinstance(g, Mapping)]
-    if config.get("proxy_attention"):
-        names.append("proxy_attention")
     return "+".join(names) if names else "none"
 
 

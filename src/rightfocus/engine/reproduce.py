@@ -627,12 +627,12 @@ def reproduce_proxy_attention(
     configs = []
     for name, schedule in PROXY_SCHEDULES.items():
         sched = "[" + ", ".join(str(s) for s in schedule) + "]"
-        sets = [f"runs_dir={runs_dir}", f"run={name}", f"proxy_attention.schedule={sched}"]
+        sets = [f"runs_dir={runs_dir}", f"run={name}", f"guidance.0.schedule={sched}"]
         if quick:
             sets.append("optim.epochs=40")
         cfg = load_config(path, [*sets, *overrides])
         if name == "no_proxy":
-            cfg = load_config(path, [*sets[:2], "proxy_attention=null", *overrides])
+            cfg = load_config(path, [*sets[:2], "guidance=[]", *overrides])
         configs.append(cfg)
     _check_data(configs[0])
     seconds, steps = _run_all(configs, log)

@@ -262,7 +262,9 @@ def build_guidance(config: Config) -> list[Guidance]:
     return out
 
 
-def _callbacks(config: Config, run_dir: Path, has_val: bool, quiet: bool) -> list[pl.Callback]:
+def _callbacks(
+    config: Config, run_dir: Path, has_val: bool, quiet: bool, guidance: Sequence[Guidance] = ()
+) -> list[pl.Callback]:
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 
     ckpt_dir = run_dir / "checkpoints"
@@ -282,12 +284,8 @@ def _callbacks(config: Config, run_dir: Path, has_val: bool, quiet: bool) -> lis
             )
         )
     callbacks.append(ResumeCheckpoint(ckpt_dir, config.trainer.checkpoint_every_n_steps))
-    if config.proxy_attention is not None:
-        from rightfocus.guidance.proxy_attention import ProxyAttention
-
-        params = dict(config.proxy_attention)
-        params.setdefault("figure_dir", str(run_dir / "figures" / "proxy_attention"))
-        callbacks.extend(ProxyAttention(**params).callbacks(run_dir))
+    for g in guidance:  # callbacks a guidance method contributes (e.g. Proxy Attention)
+        callbacks.extend(g.callbacks(run_dir))
     if config.trainer.progress_bar and not quiet:
         callbacks.append(RichProgressBar(leave=True))
     return callbacks
@@ -307,11 +305,18 @@ def _logger(run_dir: Path) -> Any:
 
 
 def build_trainer(
-    config: Config, run_dir: Path, has_val: bool, quiet: bool = False, logger: bool = True
+    config: Config,
+    run_dir: Path,
+    has_val: bool,
+    quiet: bool = False,
+    logger: bool = True,
+    guidance: Sequence[Guidance] = (),
 ) -> pl.Trainer:
-    """A Lightning Trainer for the config: atomic checkpoints, TensorBoard, resumable data."""
+    """A Lightning Trainer for the config: atomic checkpoints, TensorBoard, resumable data,
+    the callbacks of the ``guidance`` methods (dataloaders rebuilt every epoch when one of them
+    changes the training-set size)."""
     t = config.trainer
-    store_add = (config.proxy_attention or {}).get("store") == "add"
+    reload = any(g.reload_dataloaders for g in guidance)
     return pl.Trainer(
         max_epochs=config.optim.epochs,
         accelerator=t.accelerator,
@@ -320,7 +325,7 @@ def build_trainer(
         precision=t.precision,  # type: ignore[arg-type]
         deterministic=t.deterministic,
         logger=_logger(run_dir) if logger else False,
-        callbacks=_callbacks(config, run_dir, has_val, quiet),
+        callbacks=_callbacks(config, run_dir, has_val, quiet, guidance),
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
         enable_progress_bar=t.progress_bar and not quiet,
@@ -331,7 +336,7 @@ def build_trainer(
         use_distributed_sampler=False,
         enable_checkpointing=has_val,  # else Lightning adds its own per-epoch ModelCheckpoint
         gradient_clip_val=t.gradient_clip_val,
-        reload_dataloaders_every_n_epochs=1 if store_add else 0,
+        reload_dataloaders_every_n_epochs=1 if reload else 0,
     )
 
 
@@ -437,13 +442,14 @@ def _train_and_test(config: Config, quiet: bool) -> dict[str, float]:
         return {k: float("nan") if v is None else float(v) for k, v in saved}
     with _quiet(quiet):
         pl.seed_everything(config.data.seed, workers=True, verbose=False)
-        dm = ExperimentData(config)
+        guidance = build_guidance(config)
+        dm = ExperimentData(config, guidance=guidance)
         dm.setup("fit")
         model = build_model(config)
         meta_classes = dm.meta["num_classes"]
         module = GuidedModule(
             model,
-            build_guidance(config),
+            guidance,
             optim=config.optim,
             bayesian=config.model.bayesian,
             kl_weight=config.model.kl_weight,
@@ -460,7 +466,7 @@ def _train_and_test(config: Config, quiet: bool) -> dict[str, float]:
         dm.batch_size = _batch_size(config, run_dir, module, dm)
         if last.is_file():
             check_resume_checkpoint(last, module.state_dict())
-        trainer = build_trainer(config, run_dir, has_val, quiet)
+        trainer = build_trainer(config, run_dir, has_val, quiet, guidance=guidance)
         try:
             trainer.fit(
                 module, datamodule=dm, ckpt_path=last if last.is_file() else None, weights_only=True
