@@ -288,7 +288,11 @@ def activation_bytes(model: nn.Module, x: Tensor) -> int:
 
 
 def images_per_pass(
-    option: int | str, model: nn.Module, x: Tensor, budget: int | float | str | None = None
+    option: int | str,
+    model: nn.Module,
+    x: Tensor,
+    budget: int | float | str | None = None,
+    targets: int = 1,
 ) -> int:
     """Images per forward pass: ``option`` itself when it is an int, else the ``auto`` policy.
 
@@ -297,15 +301,16 @@ def images_per_pass(
     shrunk when the activations of that many images would not fit the memory budget
     (:func:`memory_budget`). The activation size is measured with one forward of one image,
     only when that many images could exceed the budget at ``ACTIVATION_RATIO`` times their
-    input size. When fewer than ``B`` images fit, methods split the batch.
+    input size. ``targets`` K > 1 (batched backward passes for K targets) counts each image K
+    times against the budget. When fewer than ``B`` images fit, methods split the batch.
     """
     if isinstance(option, int):
         return option
     speed = max(x.shape[0], PASS_ELEMENTS // max(1, x[0].numel()))
     allowed = memory_budget(budget, x.device)
-    if speed * x[0].numel() * x.element_size() * ACTIVATION_RATIO <= allowed:
+    if speed * x[0].numel() * x.element_size() * ACTIVATION_RATIO * targets <= allowed:
         return speed  # fits even at an extreme activation size: no measurement needed
-    per_image = activation_bytes(model, x[:1])
+    per_image = activation_bytes(model, x[:1]) * targets
     return max(1, min(speed, allowed // per_image))
 
 

@@ -253,8 +253,7 @@ class IntegratedGradients(_Gradient):
         base = self._baseline(x)
         fixed = class_target(model, x, targets)
         K = fixed.shape[1] if isinstance(fixed, Tensor) and fixed.dim() == 2 else 1
-        images = images_per_pass(self.internal_batch_size, model, x, self.memory_budget)
-        images = max(1, images // K)
+        images = images_per_pass(self.internal_batch_size, model, x, self.memory_budget, K)
         if images < x.shape[0]:
             return split_batch(lambda xs, ts: self._integrate(model, xs, ts, images), x, fixed,
                                images)  # fmt: skip

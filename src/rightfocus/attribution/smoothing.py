@@ -216,9 +216,8 @@ class NoiseTunnel(Attribution):
 
     def _attribute(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
         target = class_target(model, x, target)
-        images = images_per_pass(self.internal_batch_size, model, x, self.memory_budget)
-        if isinstance(target, Tensor) and target.dim() == 2:
-            images = max(1, images // target.shape[1])
+        K = target.shape[1] if isinstance(target, Tensor) and target.dim() == 2 else 1
+        images = images_per_pass(self.internal_batch_size, model, x, self.memory_budget, K)
         noise = self.noise(x)
         explain = lambda images, tgt: self.base(model, images, tgt)  # noqa: E731
         if images >= x.shape[0]:
