@@ -140,7 +140,7 @@ def test_fresh_model_gets_the_papers_kaiming_uniform_relu_means(model: nn.Module
     for layer in bayes.bayesian_layers(bnn):
         fan_in = _fan_in(layer)
         expected = math.sqrt(2.0 / fan_in)  # He et al. 2015, U(+-sqrt(6/fan_in))
-        std = float(layer.mu_weight.std())
+        std = float(layer.mu_weight.detach().std())
         assert abs(std / expected - 1.0) < 0.05, (fan_in, std, expected)
         assert float(layer.mu_weight.abs().max()) <= math.sqrt(6.0 / fan_in) + 1e-6
         # PyTorch's default (kaiming_uniform_(a=sqrt(5))) is sqrt(6) narrower: not what we got
