@@ -5,14 +5,15 @@ settings for the costly ones) plus the CAM family: one call with a ``(256, 10)``
 vs 10 calls with one ``(256,)`` column each, interleaved repeats, median seconds; the results
 must be identical (the maximum difference is reported). Goal: >= 3x.
 
-Usage: ``python benchmarks/multitarget.py [--repeats 3] [--threads 2] [--only A,B]``; writes
-``benchmarks/results/multitarget.json``.
+Usage: ``python benchmarks/multitarget.py [--repeats 3] [--threads 2] [--only A,B]``; updates
+``benchmarks/results/multitarget.json`` (rows of other methods from earlier runs are kept).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,10 @@ def main(argv: list[str] | None = None) -> None:
     targets = torch.arange(K).expand(x.shape[0], K).contiguous()
     names = [n for n in METHODS.names() if "lenet5" in bench.TABLE[n].models]
     names += [n for n in METHODS.names() if METHODS.get(n).needs_layer and n != "cam"]
-    rows = []
+    # rows of earlier runs are kept, one per method (the latest run's row wins)
+    earlier = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"rows": []}
+    rows = [r for r in earlier["rows"] if not args.only or r["method"] not in args.only.split(",")]
+    commands = [c for c in [earlier.get("command")] if c]
     print(f"{'method':<22}{'one call s':>11}{'10 calls s':>11}{'speed-up':>10}{'max diff':>11}")
     for name in names:
         if args.only and name not in args.only.split(","):
@@ -77,7 +81,9 @@ def main(argv: list[str] | None = None) -> None:
         mark = "" if row["met"] else "  below goal"
         print(f"{name:<22}{one:>11.3f}{loop:>11.3f}{loop / one:>9.2f}x{diff:>11.1e}{mark}",
               flush=True)  # fmt: skip
-        command = " ".join(["python benchmarks/multitarget.py", *(argv or sys.argv[1:])])
+        command = "; ".join(
+            [*commands, " ".join(["python benchmarks/multitarget.py", *(argv or sys.argv[1:])])]
+        )
         atomic_write_json(RESULTS, {"threads": args.threads, "targets": K, "batch": x.shape[0],
                                     "rows": rows, "command": command})  # fmt: skip
     print(f"wrote {RESULTS}")
