@@ -146,13 +146,15 @@ def quantus_section(data: dict[str, Any]) -> list[str]:
 
 def _merge_partial_runs() -> dict[str, Any] | None:
     """The rows of every partial run (``attribution.<model>...partial.json``), one table."""
-    parts = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("attribution.*.json"))]
+    files = sorted(RESULTS.glob("attribution.*.json"), key=lambda p: p.stat().st_mtime)
+    parts = [json.loads(p.read_text()) for p in files]
     if not parts:
         return None
     meta = dict(parts[0]["meta"])
     meta["command"] = "; ".join(p["meta"]["command"].strip() for p in parts)
     meta["quick"] = any(p["meta"]["quick"] for p in parts)
-    rows = [r for p in parts for r in p["rows"]]
+    latest = {(r["model"], r["method"]): r for p in parts for r in p["rows"]}  # newest wins
+    rows = sorted(latest.values(), key=lambda r: [r2 for p in parts for r2 in p["rows"]].index(r))
     return {"meta": meta, "rows": rows, "finished": all(p.get("finished") for p in parts)}
 
 

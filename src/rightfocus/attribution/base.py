@@ -171,6 +171,9 @@ MEMORY_SHARE_CPU = 0.25
 MEMORY_SHARE_CUDA = 0.5
 """Default budget on CUDA: this share of the device's free memory."""
 
+MIN_PASS_IMAGES = 16
+"""``auto`` never plans fewer images per pass than this unless the memory budget says so: on
+large inputs (ResNet-18 at 224x224) passes of 2-3 images are slower per image than 16."""
 ACTIVATION_RATIO = 256
 """Bytes of activations per byte of input assumed before measuring: above what common CNNs
 keep for backward (ResNet-18 at 224x224: about 60x), so passes below ``budget / 256`` input
@@ -296,8 +299,9 @@ def images_per_pass(
 ) -> int:
     """Images per forward pass: ``option`` itself when it is an int, else the ``auto`` policy.
 
-    ``auto`` = ``min(max(B, PASS_ELEMENTS // numel(image)), budget // activation_bytes(image))``,
-    at least 1: the whole batch or a cache-friendly number of images, whichever is larger,
+    ``auto`` = ``min(max(B, PASS_ELEMENTS // numel(image), MIN_PASS_IMAGES), budget //
+    activation_bytes(image))``, at least 1: the whole batch or a cache-friendly number of
+    images (at least 16), whichever is larger,
     shrunk when the activations of that many images would not fit the memory budget
     (:func:`memory_budget`). The activation size is measured with one forward of one image,
     only when that many images could exceed the budget at ``ACTIVATION_RATIO`` times their
@@ -306,7 +310,7 @@ def images_per_pass(
     """
     if isinstance(option, int):
         return option
-    speed = max(x.shape[0], PASS_ELEMENTS // max(1, x[0].numel()))
+    speed = max(x.shape[0], PASS_ELEMENTS // max(1, x[0].numel()), MIN_PASS_IMAGES)
     allowed = memory_budget(budget, x.device)
     if speed * x[0].numel() * x.element_size() * ACTIVATION_RATIO * targets <= allowed:
         return speed  # fits even at an extreme activation size: no measurement needed
