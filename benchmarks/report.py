@@ -19,10 +19,10 @@ from rightfocus._io import atomic_write_text
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 DOC = HERE.parent / "docs" / "benchmarks.md"
-MODEL_TITLES = {
-    "lenet5": "LeNet-5, 1x28x28, batch 256",
-    "resnet18": "ResNet-18, 3x224x224, batch 16 (Score-CAM: batch 1)",
-    "vit": "ViT-Tiny/16 (timm), 3x224x224, batch 8",
+MODEL_TITLES = {  # full runs: LeNet-5 batch 256, ResNet-18 16, ViT 8; --quick: 2 on the large
+    "lenet5": "LeNet-5, 1x28x28",
+    "resnet18": "ResNet-18 (random weights), 3x224x224",
+    "vit": "ViT-Tiny/16 (timm, random weights), 3x224x224",
 }
 
 
