@@ -13,6 +13,8 @@ from rightfocus.engine.decoy import decoy_probes, reliance
 class PositionReader(nn.Module):
     """Predicts the class whose decoy position holds the most ink (the position shortcut)."""
 
+    masks: Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("masks", patch_masks("position").float().flatten(1))  # (10, 784)
@@ -23,7 +25,9 @@ class PositionReader(nn.Module):
 
 
 class GrayReader(nn.Module):
-    """Predicts v from the brightest 4x4 patch's gray 255 - 25 v (the color shortcut)."""
+    """Predicts v from the uniform 4x4 patch's gray 255 - 25 v (the color shortcut)."""
+
+    masks: Tensor
 
     def __init__(self) -> None:
         super().__init__()

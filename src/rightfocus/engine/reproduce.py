@@ -409,13 +409,13 @@ def _decoy_figures(
                 )
             )
         runs_by_method = {m: list(part[part["method"] == m]["run_dir"]) for m in present}
-        path = figs.training_curves(
+        curves = figs.training_curves(
             runs_by_method, fig_dir / f"{variant}_training_curves.png", variant
         )
-        if path is not None:
+        if curves is not None:
             figures.append(
                 (
-                    path,
+                    curves,
                     f"{variant}: training curves by method, mean ± min/max band over folds "
                     "(the clean baseline is trained on undecoyed digits)",
                 )
