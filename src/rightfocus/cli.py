@@ -353,7 +353,11 @@ def reproduce_cmd(
     experiment: str = typer.Argument(
         ..., help="decoy-mnist or active-feedback (offline), isic, pets, sbd or proxy-attention."
     ),
-    quick: bool = typer.Option(False, "--quick", help="Fewer epochs: about 6 minutes on 2 cores."),
+    quick: bool = typer.Option(
+        False,
+        "--quick",
+        help="Fewer epochs (decoy-mnist: 30 per run, not 200; about half an hour on 2 cores).",
+    ),
     out: str = typer.Option(None, help="Runs folder (default: runs/reproduce-<experiment>)."),
     root: str = typer.Option(None, help="Dataset folder for isic / pets / sbd."),
     set_: Annotated[

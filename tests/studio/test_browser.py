@@ -14,15 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rightfocus.engine.report import BROWSER_ARGS
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+ARGS = list(BROWSER_ARGS)  # the flags the report's own browser check uses
 
 if CHROMIUM is None and not os.environ.get("CI"):
     pytest.skip(
