@@ -27,5 +27,5 @@ if ! command -v apt-get >/dev/null 2>&1; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" fonts-dejavu-core >/dev/null
+$SUDO apt-get install -y -qq "${need[@]}" fonts-dejavu-core >/dev/null
 echo "system-deps: installed ${need[*]}"
