@@ -203,8 +203,9 @@ def test_scorecam_chunking_batch_independence_and_determinism(model, target):
     x = torch.randn(8, 2, 10, 10, dtype=torch.float64)
     t = torch.tensor([2, 0, 1, 1, 0, 2, 2, 1])
     full = attribute(model, x, t, "scorecam")
-    for batch_size in (1, 3, 64):
-        torch.testing.assert_close(attribute(model, x, t, "scorecam", batch_size=batch_size), full)
+    for size in (1, 3, 64):
+        chunked = attribute(model, x, t, "scorecam", internal_batch_size=size)
+        torch.testing.assert_close(chunked, full)
     torch.testing.assert_close(attribute(model, x, t, "scorecam"), full, rtol=0, atol=0)
     for i in (0, 5):
         alone = attribute(model, x[i : i + 1], t[i : i + 1], "scorecam")
@@ -323,8 +324,8 @@ def test_cam_needs_gap_linear_head(x):
 def test_bad_options():
     with pytest.raises(ValueError, match="weighting must be one of"):
         ScoreCAM(weighting="softmax")
-    with pytest.raises(ValueError, match="batch_size"):
-        ScoreCAM(batch_size=0)
+    with pytest.raises(ValueError, match="internal_batch_size"):
+        ScoreCAM(internal_batch_size=0)
     with pytest.raises(ValueError, match="create_graph"):
         ScoreCAM(create_graph=True)
     with pytest.raises(ValueError, match="interpolation"):
