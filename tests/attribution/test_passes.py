@@ -73,6 +73,10 @@ def test_auto_shrinks_to_the_budget():
         ("rise", {"n_masks": 16, "seed": 0}),
         ("kernel_shap", {"num_samples": 16, "segments": "grid", "n_segments": 9, "seed": 0}),
         ("scorecam", {}),
+        (
+            "deepshap",
+            {"baselines": torch.linspace(0, 1, 3 * 784, dtype=torch.float64).view(3, 1, 28, 28)},
+        ),
     ],
 )
 def test_a_tiny_budget_splits_the_batch_with_the_same_result(method, opts):

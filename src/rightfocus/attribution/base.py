@@ -40,6 +40,7 @@ __all__ = [
     "images_per_pass",
     "input_gradient",
     "memory_budget",
+    "pass_options",
     "pass_size_option",
     "register_method",
     "target_gradients",
@@ -249,6 +250,17 @@ def pass_size_option(value: PassSize, name: str = "internal_batch_size") -> int 
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int or 'auto', got {value!r}")
     return value
+
+
+def pass_options(
+    internal_batch_size: PassSize, memory_budget: int | float | str | None
+) -> tuple[int | str, int | float | str | None]:
+    """Validate the two pass-size options every batching method takes, at construction time:
+    ``(internal_batch_size, memory_budget)`` with ``None`` read as ``"auto"`` (see
+    :func:`images_per_pass`) and an unreadable budget a clear error before any pass runs."""
+    if memory_budget is not None:
+        parse_bytes(memory_budget)
+    return pass_size_option(internal_batch_size), memory_budget
 
 
 def renamed_option(options: dict[str, Any], old: str, new: str = "internal_batch_size") -> Any:

@@ -37,7 +37,15 @@ from torch.overrides import TorchFunctionMode
 
 from rightfocus import hooks
 from rightfocus.attribution._unsupported import refuse_unsupported
-from rightfocus.attribution.base import Attribution, broadcast_baseline, register_method
+from rightfocus.attribution.base import (
+    Attribution,
+    broadcast_baseline,
+    copies_per_pass,
+    images_per_pass,
+    pass_options,
+    register_method,
+    split_batch,
+)
 from rightfocus.attribution.targets import Target, fix_target, select
 
 __all__ = ["ELEMENTWISE", "DeepLift", "DeepShap", "deeplift_rules", "paired_deeplift"]
@@ -46,7 +54,6 @@ ELEMENTWISE: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
     nn.Mish, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish,
 )  # fmt: skip
-_PAIRS_PER_PASS = 256
 _POOLS: dict[type[nn.Module], Callable[..., Any]] = {
     nn.MaxPool1d: F.max_pool1d,
     nn.MaxPool2d: F.max_pool2d,
@@ -548,8 +555,12 @@ class DeepShap(_Reference):
     Args:
         baselines: ``(N, C, H, W)`` reference images (required; ``N >= 1``).
         eps: ``|z - z'|`` below which the gradient replaces the rescale multiplier.
-        internal_batch_size: (image, reference) pairs per forward pass (default: up to 256,
-            which is faster on a CPU than one large pass); at least one reference per pass.
+        internal_batch_size: (image, reference) pairs per forward pass, or ``"auto"`` (the
+            default: see :func:`rightfocus.attribution.base.images_per_pass`; a pair counts
+            twice against the memory budget, its reference pass keeps its activations too).
+            Fewer pairs than images split the batch; otherwise every pass holds all images with
+            as many references as fit.
+        memory_budget: bytes (or ``"2GB"``) for ``auto``.
         return_delta: also return the summation-to-delta gap.
         create_graph: keep the result differentiable w.r.t. the model parameters.
     """
@@ -559,7 +570,8 @@ class DeepShap(_Reference):
         *,
         baselines: Tensor | None = None,
         eps: float = 1e-10,
-        internal_batch_size: int | None = None,
+        internal_batch_size: int | str | None = "auto",
+        memory_budget: int | str | None = None,
         return_delta: bool = False,
         create_graph: bool = False,
         eval_mode: bool | None = None,
@@ -575,10 +587,10 @@ class DeepShap(_Reference):
         if not isinstance(baselines, Tensor) or baselines.dim() != 4 or baselines.shape[0] < 1:
             got = tuple(baselines.shape) if isinstance(baselines, Tensor) else type(baselines)
             raise ValueError(f"baselines must be an (N, C, H, W) tensor with N >= 1, got {got}")
-        if internal_batch_size is not None and internal_batch_size < 1:
-            raise ValueError(f"internal_batch_size must be >= 1, got {internal_batch_size}")
         self.baselines = baselines
-        self.internal_batch_size = internal_batch_size
+        self.internal_batch_size, self.memory_budget = pass_options(
+            internal_batch_size, memory_budget
+        )
 
     def _references(self, x: Tensor) -> Tensor:
         refs = self.baselines.to(dtype=x.dtype, device=x.device)
@@ -594,8 +606,19 @@ class DeepShap(_Reference):
         if target is None or isinstance(target, (int, Tensor)):
             with torch.no_grad():
                 target = fix_target(model(x), target)
+        # two images per pair (the input copy and its reference) count against the budget
+        pairs = images_per_pass(self.internal_batch_size, model, x, self.memory_budget, 2)
+        if pairs < x.shape[0]:
+            return split_batch(lambda xs, ts: self._average(model, xs, refs, ts, pairs), x,
+                               target, pairs)  # fmt: skip
+        return self._average(model, x, refs, target, pairs)
+
+    def _average(
+        self, model: nn.Module, x: Tensor, refs: Tensor, target: Target, pairs: int
+    ) -> Any:
+        """DeepLIFT against every reference, ``pairs`` (image, reference) pairs per pass."""
         B, N = x.shape[0], refs.shape[0]
-        per_pass = max(1, (self.internal_batch_size or _PAIRS_PER_PASS) // B)
+        per_pass = copies_per_pass(pairs, B, N)
         total, gaps = torch.zeros_like(x), x.new_zeros(B)
         for start in range(0, N, per_pass):
             chunk = refs[start : start + per_pass]
