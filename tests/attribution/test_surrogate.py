@@ -21,6 +21,8 @@ from torch import nn
 
 from rightfocus import attribute
 from rightfocus.attribution.surrogate import (
+    KernelShap,
+    Lime,
     fill_baseline,
     grid_segments,
     sample_kernel_coalitions,
@@ -225,3 +227,23 @@ def test_bad_options(make_tiny_cnn: type[nn.Module], x):
         attribute(model, x, TARGET, "kernel_shap", segments="grid", n_segments=25, exact=True)
     with pytest.raises(ValueError, match="distance"):
         attribute(model, x, TARGET, "lime", distance="manhattan")
+
+
+def test_both_methods_share_the_options_and_their_checks():
+    """Kernel SHAP and LIME take the same shared options with the same defaults and checks;
+    each keeps its own (exact; kernel_width, distance, alpha)."""
+    shap, lime = KernelShap(), Lime()
+    shared = ("segments", "n_segments", "baseline", "num_samples", "internal_batch_size",
+              "memory_budget", "seed", "slic_options", "blur_sigma", "eval_mode")  # fmt: skip
+    assert {k: getattr(shap, k) for k in shared} == {k: getattr(lime, k) for k in shared}
+    for cls in (KernelShap, Lime):
+        with pytest.raises(ValueError, match="n_segments must be a positive int"):
+            cls(n_segments=0)
+        with pytest.raises(ValueError, match="memory budget"):
+            cls(memory_budget="lots")
+        with pytest.raises(ValueError, match="blur_sigma"):
+            cls(blur_sigma=0)
+        with pytest.raises(TypeError, match="unexpected keyword argument 'kernal_width'"):
+            cls(kernal_width=0.3)
+    with pytest.raises(TypeError, match="'exact'"):
+        Lime(exact=True)

@@ -42,6 +42,7 @@ __all__ = [
     "memory_budget",
     "pass_options",
     "pass_size_option",
+    "positive_int",
     "register_method",
     "target_gradients",
 ]
@@ -249,6 +250,13 @@ def pass_size_option(value: PassSize, name: str = "internal_batch_size") -> int 
         return "auto"
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int or 'auto', got {value!r}")
+    return value
+
+
+def positive_int(value: Any, name: str) -> int:
+    """``value`` when it is an int >= 1 (not a bool), else a ValueError naming the option."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
 
 

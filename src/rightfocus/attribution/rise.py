@@ -26,8 +26,8 @@ from rightfocus.attribution.base import (
     broadcast_baseline,
     copies_per_pass,
     images_per_pass,
-    parse_bytes,
-    pass_size_option,
+    pass_options,
+    positive_int,
     register_method,
     split_batch,
 )
@@ -90,23 +90,19 @@ class RISE(Attribution):
         eval_mode: bool | None = None,
     ) -> None:
         super().__init__(eval_mode=eval_mode)
-        for name, value in (("n_masks", n_masks), ("grid_size", grid_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not 0 < p <= 1:
             raise ValueError(f"p must be in (0, 1], got {p!r}")
         if scores not in ("probability", "logit"):
             raise ValueError(f"scores must be 'probability' or 'logit', got {scores!r}")
-        if memory_budget is not None:
-            parse_bytes(memory_budget)
-        self.n_masks = n_masks
-        self.grid_size = grid_size
+        self.n_masks = positive_int(n_masks, "n_masks")
+        self.grid_size = positive_int(grid_size, "grid_size")
         self.p = float(p)
         self.baseline = baseline
         self.scores = scores
         self.seed = seed
-        self.internal_batch_size = pass_size_option(internal_batch_size)
-        self.memory_budget = memory_budget
+        self.internal_batch_size, self.memory_budget = pass_options(
+            internal_batch_size, memory_budget
+        )
 
     def draws(self, seed: int | None = None) -> tuple[Tensor, Tensor]:
         """The random grids ``(N, s, s)`` (float64 in {0, 1}) and shifts ``(N, 2)`` in cells.

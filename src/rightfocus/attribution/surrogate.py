@@ -35,8 +35,8 @@ from rightfocus.attribution.base import (
     broadcast_baseline,
     copies_per_pass,
     images_per_pass,
-    parse_bytes,
-    pass_size_option,
+    pass_options,
+    positive_int,
     register_method,
 )
 from rightfocus.attribution.targets import Target, fix_target, select
@@ -196,12 +196,6 @@ def weighted_ridge(Z: Tensor, w: Tensor, y: Tensor, alpha: float) -> tuple[Tenso
     return beta, my - beta @ mz
 
 
-def _check_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 def _label_maps(segments: str | Tensor, x: Tensor, n_segments: int, slic: dict[str, Any]) -> Tensor:
     """``(B, H, W)`` superpixel labels for every image, not yet made consecutive."""
     B, _, H, W = x.shape
@@ -223,7 +217,11 @@ def _label_maps(segments: str | Tensor, x: Tensor, n_segments: int, slic: dict[s
 
 
 class _Surrogate(Attribution):
-    """Shared pipeline: superpixels, baseline, batched coalition scores, one fit per image."""
+    """Shared pipeline: superpixels, baseline, batched coalition scores, one fit per image.
+
+    The options both methods share, with their defaults and checks, live here; a subclass adds
+    its own and passes the rest on (documented on :class:`KernelShap`).
+    """
 
     model_agnostic = True
     stochastic = True
@@ -231,16 +229,16 @@ class _Surrogate(Attribution):
     def __init__(
         self,
         *,
-        segments: str | Tensor,
-        n_segments: int,
-        baseline: str | float | Tensor,
-        num_samples: int,
-        internal_batch_size: int | str | None,
-        memory_budget: int | str | None,
-        seed: int | None,
-        slic_options: dict[str, Any] | None,
-        blur_sigma: float,
-        eval_mode: bool | None,
+        segments: str | Tensor = "slic",
+        n_segments: int = 50,
+        baseline: str | float | Tensor = "zero",
+        num_samples: int = 1000,
+        internal_batch_size: int | str | None = "auto",
+        memory_budget: int | str | None = None,
+        seed: int | None = None,
+        slic_options: dict[str, Any] | None = None,
+        blur_sigma: float = 3.0,
+        eval_mode: bool | None = None,
     ) -> None:
         super().__init__(eval_mode=eval_mode)
         if isinstance(segments, Tensor):
@@ -253,13 +251,12 @@ class _Surrogate(Attribution):
         if not blur_sigma > 0:
             raise ValueError(f"blur_sigma must be > 0, got {blur_sigma!r}")
         self.segments = segments
-        self.n_segments = _check_int(n_segments, "n_segments")
+        self.n_segments = positive_int(n_segments, "n_segments")
         self.baseline = baseline
-        self.num_samples = _check_int(num_samples, "num_samples")
-        self.internal_batch_size = pass_size_option(internal_batch_size)
-        if memory_budget is not None:
-            parse_bytes(memory_budget)
-        self.memory_budget = memory_budget
+        self.num_samples = positive_int(num_samples, "num_samples")
+        self.internal_batch_size, self.memory_budget = pass_options(
+            internal_batch_size, memory_budget
+        )
         self.seed = seed
         self.slic_options = dict(slic_options or {})
         self.blur_sigma = float(blur_sigma)
@@ -375,29 +372,11 @@ class KernelShap(_Surrogate):
         seed: seeds the coalition sampler (``None``: drawn from torch's global generator).
         slic_options: extra keyword arguments for ``skimage.segmentation.slic``.
         blur_sigma: Gaussian sigma in pixels for ``baseline="blur"``.
+        eval_mode: ``False`` keeps the model's own train/eval mode (default: eval mode).
     """
 
-    def __init__(
-        self,
-        *,
-        segments: str | Tensor = "slic",
-        n_segments: int = 50,
-        baseline: str | float | Tensor = "zero",
-        num_samples: int = 1000,
-        exact: bool | None = None,
-        internal_batch_size: int | str | None = "auto",
-        memory_budget: int | str | None = None,
-        seed: int | None = None,
-        slic_options: dict[str, Any] | None = None,
-        blur_sigma: float = 3.0,
-        eval_mode: bool | None = None,
-    ) -> None:
-        super().__init__(
-            segments=segments, n_segments=n_segments, baseline=baseline,
-            num_samples=num_samples, internal_batch_size=internal_batch_size,
-            memory_budget=memory_budget, seed=seed,
-            slic_options=slic_options, blur_sigma=blur_sigma, eval_mode=eval_mode,
-        )  # fmt: skip
+    def __init__(self, *, exact: bool | None = None, **options: Any) -> None:
+        super().__init__(**options)
         if exact not in (None, True, False):
             raise ValueError(f"exact must be None, True or False, got {exact!r}")
         self.exact = exact
@@ -434,33 +413,19 @@ class Lime(_Surrogate):
         distance: ``"cosine"`` or ``"l2"``.
         alpha: ridge penalty (``lime``'s default ``Ridge(alpha=1)``; 0 = weighted least squares).
         segments, n_segments, baseline, num_samples, internal_batch_size, memory_budget, seed,
-        slic_options, blur_sigma: as for :class:`KernelShap`; LIME's own default fill is
-            ``baseline="superpixel_mean"``.
+        slic_options, blur_sigma, eval_mode: as for :class:`KernelShap` (same defaults; the
+            ``lime`` package fills with each superpixel's mean, ``baseline="superpixel_mean"``).
     """
 
     def __init__(
         self,
         *,
-        segments: str | Tensor = "slic",
-        n_segments: int = 50,
-        baseline: str | float | Tensor = "zero",
-        num_samples: int = 1000,
         kernel_width: float | None = None,
         distance: str = "cosine",
         alpha: float = 1.0,
-        internal_batch_size: int | str | None = "auto",
-        memory_budget: int | str | None = None,
-        seed: int | None = None,
-        slic_options: dict[str, Any] | None = None,
-        blur_sigma: float = 3.0,
-        eval_mode: bool | None = None,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            segments=segments, n_segments=n_segments, baseline=baseline,
-            num_samples=num_samples, internal_batch_size=internal_batch_size,
-            memory_budget=memory_budget, seed=seed,
-            slic_options=slic_options, blur_sigma=blur_sigma, eval_mode=eval_mode,
-        )  # fmt: skip
+        super().__init__(**options)
         if distance not in ("cosine", "l2"):
             raise ValueError(f"distance must be 'cosine' or 'l2', got {distance!r}")
         if kernel_width is not None and not kernel_width > 0:
