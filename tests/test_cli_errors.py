@@ -340,3 +340,44 @@ def test_options_a_model_factory_forwards_are_checked_by_a_build(data_dir: Path)
     cfg["evaluation"] = {"metrics": ["accuracy"]}
     with pytest.raises(UserError, match="model 'convnext_atto' has no option 'colour'"):
         validate_experiment(load_config_dict(cfg))
+
+
+@pytest.mark.parametrize("config", ["isic_alexnet", "pets_alexnet", "sbd_alexnet"])
+def test_alexnet_is_not_trained_from_a_random_init_silently(tmp_path: Path, config: str) -> None:
+    runs = tmp_path / "runs"
+    before = _snapshot(tmp_path)
+    result = _invoke(["train", config, "--set", f"runs_dir={runs}"])
+    assert result.exit_code == 2, result.output
+    line = _one_error_line(result.stderr)
+    assert "model.weights=<file>" in line and "model.weights=random" in line
+    assert _snapshot(tmp_path) == before
+    # asked for on purpose, the weights check passes and the next check (the data) speaks
+    sets = ["--set", f"runs_dir={runs}", "--set", f"data.root={tmp_path / 'nope'}"]
+    result = _invoke(["train", config, *sets, "--set", "model.weights=random"])
+    assert result.exit_code == 2, result.output
+    assert "model.weights" not in _one_error_line(result.stderr)
+    assert _snapshot(tmp_path) == before
+
+
+def test_sweeps_refuse_a_random_alexnet_too(tmp_path: Path) -> None:
+    from rightfocus.configs import path as config_path
+
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(
+        yaml.safe_dump(
+            {
+                "config": str(config_path("isic_alexnet")),
+                "params": {"optim.lr": [1e-4, 1e-3]},
+                "folds": 3,
+                "sampler": "grid",
+                "objective": "balanced_accuracy",
+                "direction": "maximize",
+            }
+        )
+    )
+    before = _snapshot(tmp_path)
+    result = _invoke(["sweep", str(sweep), "--dry-run", "--out", str(tmp_path / "sw")])
+    assert result.exit_code == 2, result.output
+    line = _one_error_line(result.stderr)
+    assert "model.weights=<file>" in line and "model.weights=random" in line
+    assert _snapshot(tmp_path) == before

@@ -26,6 +26,7 @@ from typing import Any
 
 from rightfocus.engine.report import load_runs, paper_table, write_report
 from rightfocus.engine.timing import TIMING_FILE
+from rightfocus.engine.validate import check_weights
 
 __all__ = [
     "DECOY_METHODS",
@@ -517,7 +518,6 @@ def reproduce_image_dataset(
             "(see the comment block of configs/" + IMAGE_EXPERIMENTS[name][0] + ")"
         )
     file, lam = IMAGE_EXPERIMENTS[name]
-    overrides = _weights_overrides(name, file, overrides)
     start = time.perf_counter()
     configs = []
     for method in IMAGE_METHODS:
@@ -537,6 +537,7 @@ def reproduce_image_dataset(
             if quick:
                 sets.append("optim.epochs=2")
             configs.append(load_config(_config_file(file), [*sets, *overrides]))
+    check_weights(configs[0])  # the paper's AlexNet starts from ImageNet weights
     _check_data(configs[0])
     seconds, steps = _run_all(configs, log)
     return _finish(
@@ -548,34 +549,6 @@ def reproduce_image_dataset(
         seconds,
         steps,
         start,
-    )
-
-
-RANDOM_INIT = "random"
-
-
-def _weights_overrides(name: str, file: str, overrides: Sequence[str]) -> list[str]:
-    """Refuse to train the paper's AlexNet from scratch without being asked: the paper starts
-    from ImageNet weight means. ``model.weights=random`` asks for random init explicitly."""
-    out = list(overrides)
-    given = [
-        o.split("=", 1)[1].strip() for o in out if o.replace(" ", "").startswith("model.weights=")
-    ]
-    if given and given[-1] == RANDOM_INIT:
-        return [o for o in out if not o.replace(" ", "").startswith("model.weights=")] + [
-            "model.weights=null"
-        ]
-    if given and given[-1] not in ("null", "None", "~", ""):
-        return out
-    from rightfocus.engine.config import load_config
-
-    if load_config(_config_file(file)).model.weights is not None and not given:
-        return out
-    raise ValueError(
-        f"reproduce {name} starts the Bayesian AlexNet's weight means from ImageNet weights, as "
-        f"the paper does, but configs/{file} has no weights file: pass --set "
-        "model.weights=<file> (torchvision's alexnet-owt-7be5be79.pth, downloaded beforehand), "
-        f"or --set model.weights={RANDOM_INIT} to train from a random init on purpose."
     )
 
 

@@ -41,9 +41,11 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch import nn
 
 from rightfocus._io import LockHeldError, atomic_write_json, atomic_write_text, exclusive_lock
+from rightfocus.attribution.outputs import with_output
 from rightfocus.engine.checkpoint import (
     BEST,
     LAST,
@@ -59,7 +61,7 @@ from rightfocus.engine.config import Config, ConfigError, config_diff, load_conf
 from rightfocus.engine.datamodule import ExperimentData
 from rightfocus.engine.module import GuidedModule
 from rightfocus.engine.timing import TIMING_FILE, StepTimer
-from rightfocus.engine.validate import validate_experiment
+from rightfocus.engine.validate import validate_experiment, weights_file
 from rightfocus.guidance.base import Guidance
 
 __all__ = [
@@ -95,9 +97,10 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 def _rank() -> int:
-    from lightning.fabric.utilities.rank_zero import _get_rank
-
-    return _get_rank() or 0
+    """This process's global rank: Lightning's public ``rank_zero_only.rank`` (read from the
+    launcher's ``RANK`` / ``LOCAL_RANK`` / ``SLURM_PROCID`` variables at import, then set by the
+    Trainer's strategy), 0 in a single process."""
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 
 def _comparable(d: dict[str, Any]) -> dict[str, Any]:
@@ -208,7 +211,8 @@ def _torch_flags_restored() -> Iterator[None]:
 
 
 def build_model(config: Config) -> nn.Module:
-    """The configured model: zoo factory, weights file, X-DNN and Bayesian conversions."""
+    """The configured model: zoo factory, weights file, X-DNN and Bayesian conversions, and the
+    ``model.output`` selector (:func:`rightfocus.attribution.outputs.with_output`)."""
     import rightfocus.data
     import rightfocus.models  # noqa: F401
     from rightfocus._registry import DATASETS, MODELS
@@ -222,14 +226,15 @@ def build_model(config: Config) -> nn.Module:
         "image_size": config.data.image_size or meta["image_size"],
         **m.options,
     }
+    weights = weights_file(config)  # None: random init (unset, or `random` on purpose)
     takes_weights = "weights" in inspect.signature(factory).parameters
-    if m.weights is not None and takes_weights:
-        kwargs["weights"] = m.weights
+    if weights is not None and takes_weights:
+        kwargs["weights"] = weights
     model: nn.Module = factory(**kwargs)
-    if m.weights is not None and not takes_weights:
+    if weights is not None and not takes_weights:
         from rightfocus.models.zoo import load_weights_file
 
-        load_weights_file(model, m.weights)
+        load_weights_file(model, weights)
     if m.xdnn:
         from rightfocus.models.xdnn import to_xdnn
 
@@ -238,7 +243,9 @@ def build_model(config: Config) -> nn.Module:
         from rightfocus.bayes import to_bayesian
 
         model = to_bayesian(model, rho_init=m.rho_init, prior_sigma=m.prior_sigma)
-    return model
+    # the model returns the selected logits tensor everywhere (training, guidance, metrics,
+    # MC prediction, the studio); state_dict keys are unchanged
+    return with_output(model, m.output)
 
 
 def build_guidance(config: Config) -> list[Guidance]:

@@ -7,7 +7,10 @@ that ``data.options`` / ``model.options`` are parameters the dataset / model acc
 are enough samples for ``data.folds``, that the model's number of classes matches the data (and
 that folder datasets say how many they have), that a list of ``data.class_weights`` has one
 finite, non-negative weight per class, and that the attribution used for ``overlap`` fits the
-model (CAMs need a convolution layer). Every failure is a :class:`~rightfocus.errors.UserError`
+model (CAMs need a convolution layer), and that a model whose paper experiments start from
+ImageNet weights (registered with ``imagenet_init=True``, e.g. AlexNet) is not silently trained
+from a random init: it needs ``model.weights=<file>``, or ``model.weights=random`` on purpose.
+Every failure is a :class:`~rightfocus.errors.UserError`
 naming the config field and what to do.
 """
 
@@ -24,12 +27,18 @@ from rightfocus.engine.config import Config
 from rightfocus.errors import UserError
 
 __all__ = [
+    "RANDOM_INIT",
     "check_device",
     "check_methods",
+    "check_weights",
     "check_writable",
     "dataset_classes",
     "validate_experiment",
+    "weights_file",
 ]
+
+#: ``model.weights: random`` asks for a random init on purpose (see :func:`check_weights`).
+RANDOM_INIT = "random"
 
 
 def check_writable(path: str | Path, what: str, is_file: bool = False) -> Path:
@@ -326,6 +335,36 @@ def _check_attribution(config: Config) -> None:
         ) from None
 
 
+def weights_file(config: Config) -> str | None:
+    """The weights file of ``config.model`` (None: random init, unset or ``random``)."""
+    weights = config.model.weights
+    return None if weights in (None, RANDOM_INIT) else weights
+
+
+def check_weights(config: Config) -> None:
+    """Refuse to train a model from a random init without being asked when the papers it
+    reproduces start from ImageNet weights (its registration says ``imagenet_init=True``; e.g.
+    the Bayesian-feedback paper's AlexNet weight means). ``model.weights=random`` asks for
+    random init explicitly.
+
+    Raises:
+        UserError: naming ``model.weights=<file>`` and ``model.weights=random``.
+    """
+    import rightfocus.models  # noqa: F401  (registers the models)
+    from rightfocus._registry import MODELS
+
+    m = config.model
+    if m.weights is not None or not MODELS.metadata(m.name).get("imagenet_init"):
+        return
+    raise UserError(
+        f"model {m.name!r} starts from ImageNet weight means in the paper, but model.weights "
+        "is not set",
+        hint="pass --set model.weights=<file> (a local state-dict file, e.g. torchvision's "
+        f"alexnet-owt-7be5be79.pth downloaded beforehand), or --set model.weights={RANDOM_INIT} "
+        "to train from a random init on purpose",
+    )
+
+
 def validate_experiment(config: Config) -> None:
     """Everything checkable before training (see the module docstring); writes nothing.
 
@@ -337,6 +376,7 @@ def validate_experiment(config: Config) -> None:
 
     if (config.run_dir / "metrics.json").is_file():
         return  # a finished run is not trained again
+    check_weights(config)
     check_writable(config.run_dir, "runs_dir")
     check_device(config)
     _check_root(config)

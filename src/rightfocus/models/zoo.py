@@ -1,7 +1,9 @@
 """Registered model factories: ``MODELS.get(name)(num_classes=..., in_channels=..., ...)``.
 
 Each entry's metadata names its ``target_layer`` (dotted name of the last conv layer, where
-CAMs and the Bayesian feedback act) and its native ``input_size``.
+CAMs and the Bayesian feedback act) and its native ``input_size``; ``imagenet_init=True`` marks
+a model whose papers start from ImageNet weights (the engine then refuses a random init unless
+the config asks for it with ``model.weights: random``).
 """
 
 from __future__ import annotations
@@ -159,7 +161,7 @@ def _torchvision_model(
     return model
 
 
-@MODELS.register("alexnet", target_layer="features.10", input_size=224)
+@MODELS.register("alexnet", target_layer="features.10", input_size=224, imagenet_init=True)
 def alexnet(
     num_classes: int = 10,
     in_channels: int = 3,
