@@ -14,6 +14,10 @@ Many models return more than a logits tensor: a tuple ``(logits, aux)``, a dict
 :func:`selected_outputs` applies the selector to every forward pass of a model inside a
 block (through :func:`rightfocus.hooks.patched_forward`), so methods that call the model many
 times (IG, occlusion, RISE, Score-CAM, the surrogates) all see the selected tensor.
+
+:func:`with_output` configures the selector once for everything else: it makes the model
+itself return the selected tensor, so training (the engine's ``model.output`` setting),
+guidance, metrics, MC prediction and the studio all call it like a plain classifier.
 """
 
 from __future__ import annotations
@@ -26,7 +30,15 @@ from torch import Tensor, nn
 
 from rightfocus import hooks
 
-__all__ = ["OutputSelector", "check_output_selector", "select_output", "selected_outputs"]
+__all__ = [
+    "OutputSelector",
+    "check_output_selector",
+    "output_selector",
+    "select_output",
+    "selected_outputs",
+    "with_output",
+    "without_output",
+]
 
 OutputSelector = Union[None, int, str, Callable[[Any], Tensor]]  # noqa: UP007
 
@@ -114,3 +126,94 @@ def selected_outputs(model: nn.Module, output: OutputSelector = None) -> Iterato
 
     with hooks.patched_forward(model, make):
         yield model
+
+
+# --- the selector configured once: the model returns the selected tensor ------------------------
+
+_SELECTOR = "_rightfocus_output"
+
+
+def _rebuild(base: type[nn.Module]) -> nn.Module:
+    """Unpickling / deep-copy counterpart of ``_reduce_ex``: an empty selecting instance."""
+    cls = _selecting_class(base)
+    return cls.__new__(cls)  # type: ignore[no-any-return]
+
+
+_CLASSES: dict[type[nn.Module], type[nn.Module]] = {}
+
+
+def _selecting_class(base: type[nn.Module]) -> type[nn.Module]:
+    """The subclass of ``base`` whose ``forward`` returns the selected tensor (one per base)."""
+    if base in _CLASSES:
+        return _CLASSES[base]
+
+    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Tensor:
+        return select_output(base.forward(self, *args, **kwargs), self.__dict__[_SELECTOR])
+
+    def reduce_ex(self: nn.Module, protocol: Any) -> tuple[Any, ...]:
+        # the class is made at run time, so pickle / deepcopy rebuild it from its base
+        return (_rebuild, (base,), self.__dict__.copy())
+
+    namespace = {
+        "forward": forward,
+        "__reduce_ex__": reduce_ex,
+        "__module__": base.__module__,
+        "__qualname__": base.__qualname__,
+        "__doc__": base.__doc__,
+        "_rightfocus_base": base,
+    }
+    _CLASSES[base] = type(base.__name__, (base,), namespace)
+    return _CLASSES[base]
+
+
+def _base_class(model: nn.Module) -> type[nn.Module]:
+    return type(model).__dict__.get("_rightfocus_base", type(model))  # type: ignore[no-any-return]
+
+
+def with_output(model: nn.Module, output: OutputSelector = None) -> nn.Module:
+    """Make ``model`` return ``select_output(original_output, output)``; returns ``model``.
+
+    The selector is configured once and every caller then sees a plain ``(B, classes)``
+    tensor: training losses, guidance, metrics, MC prediction, the studio and attribution
+    (whose ``output=`` then stays ``None``). The model is changed in place and stays what it
+    was otherwise: an instance of its class (through a subclass with the same name that only
+    overrides ``forward``), the same submodules, parameter names and ``state_dict`` keys, the
+    same attributes; ``copy.deepcopy``, pickling and conversions such as
+    :func:`rightfocus.bayes.to_bayesian` keep the selection. Calling it again replaces the
+    selector; :func:`without_output` undoes it.
+
+    Example:
+        >>> import torch
+        >>> class TwoHeads(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.fc = nn.Linear(4, 3)
+        ...     def forward(self, x):
+        ...         return {"logits": self.fc(x), "features": x}
+        >>> model = with_output(TwoHeads())  # automatic: the "logits" key
+        >>> model(torch.ones(2, 4)).shape, list(model.state_dict())
+        (torch.Size([2, 3]), ['fc.weight', 'fc.bias'])
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module`` or ``output`` is of the wrong type.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, not {type(model).__name__}")
+    check_output_selector(output)
+    model.__dict__[_SELECTOR] = output  # not through Module.__setattr__: never a submodule
+    model.__class__ = _selecting_class(_base_class(model))
+    return model
+
+
+def without_output(model: nn.Module) -> nn.Module:
+    """Undo :func:`with_output`: ``model`` returns its original output again; returns it."""
+    model.__class__ = _base_class(model)
+    model.__dict__.pop(_SELECTOR, None)
+    return model
+
+
+def output_selector(model: nn.Module) -> tuple[bool, OutputSelector]:
+    """``(configured, selector)``: whether :func:`with_output` was applied to ``model`` and with
+    which selector."""
+    configured = "_rightfocus_base" in type(model).__dict__
+    return configured, model.__dict__.get(_SELECTOR) if configured else None

@@ -109,6 +109,11 @@ class ModelConfig(_Section):
     kl_weight: float = Field(default=1.0, ge=0.0)
     xdnn: bool = False
     weights: str | None = None
+    # Which part of the model's return value is the logits tensor (the attribution ``output=``
+    # selector, configured once for training, metrics and explanations): null = automatic
+    # (a tensor as is, else a ``.logits`` field / "logits" key / first tuple element), an int =
+    # tuple index, a str = dict key or attribute name.
+    output: int | str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 
 
