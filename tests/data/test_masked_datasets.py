@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import urllib.error
 from pathlib import Path
 from typing import Any
@@ -205,6 +206,21 @@ def test_bad_masks(tmp_path: Path) -> None:
 def test_unknown_dataset_lists_known() -> None:
     with pytest.raises(ValueError, match=r"Unknown dataset 'isci'.*Known datasets: .*oxford_pet"):
         DATASETS.get("isci")
+
+
+@pytest.mark.parametrize("name", ["isic", "oxford_pet", "sbd", "masked_folder", "image_folder"])
+def test_factories_share_the_registry_signature_and_root_check(name: str) -> None:
+    """Every file-based factory takes the registry's common arguments and says what root= must
+    hold when it is missing; the ones that read only your files refuse download=True."""
+    factory = DATASETS.get(name)
+    params = list(inspect.signature(factory).parameters)
+    assert params == ["split", "root", "seed", "image_size", "download", "options"]
+    with pytest.raises(ValueError, match=rf"{name} needs root= \S"):
+        factory()
+    if name in ("isic", "masked_folder", "image_folder"):
+        with pytest.raises(ValueError, match="download"):
+            factory(root="anywhere", download=True)
+    assert DATASETS.metadata(name)["in_channels"] == 3
 
 
 # ------------------------------------------------------------------ paired transform alignment

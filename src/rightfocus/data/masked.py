@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -288,98 +288,95 @@ def _transform_options(
     return opts
 
 
-@DATASETS.register("isic", num_classes=2, image_size=224, has_masks=True, mask_pool="max", **_RGB)
-def isic(
-    split: str = "train",
-    root: str | None = None,
-    seed: int = 0,
-    image_size: int | None = None,
-    download: bool = False,
-    **options: Any,
-) -> ISIC:
-    """ISIC benign/malignant with patch masks (``seed`` unused; the split uses ``split_seed``)."""
-    if download:
-        raise ValueError("ISIC cannot be downloaded: build the CDEP folder layout and pass root=")
-    if root is None:
-        raise ValueError("isic needs root= the folder holding benign/ and malignant/")
-    topts = _transform_options(image_size, options)
-    return ISIC(root, split, **options, **topts)
+def _register(
+    name: str,
+    build: Callable[..., Any],
+    *,
+    needs_root: str,
+    summary: str,
+    own_files: str | None = None,
+    **metadata: Any,
+) -> None:
+    """Register ``build(root, split, [download,] **options)`` as the dataset ``name`` with the
+    registry's common factory signature ``(split, root, seed, image_size, download, **options)``.
+
+    ``needs_root``: what ``root=`` must hold (said when it is missing). ``own_files``: the
+    dataset reads only the user's files, and this is said when ``download=True``; otherwise
+    ``download`` is passed on. The registry passes ``seed`` to every factory; these datasets
+    have fixed splits (ISIC's own split is seeded by its ``split_seed`` option), so it is not
+    used.
+    """
+
+    def factory(
+        split: str = "train",
+        root: str | None = None,
+        seed: int = 0,
+        image_size: int | None = None,
+        download: bool = False,
+        **options: Any,
+    ) -> Any:
+        if own_files is not None and download:
+            raise ValueError(own_files)
+        if root is None:
+            raise ValueError(f"{name} needs root= {needs_root}")
+        topts = _transform_options(image_size, options)
+        passed = {} if own_files is not None else {"download": download}
+        return build(root, split, **passed, **options, **topts)
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = summary
+    DATASETS.register(name, image_size=224, **metadata, **_RGB)(factory)
 
 
-@DATASETS.register(
-    "oxford_pet", num_classes=37, image_size=224, has_masks=True, mask_pool="min", **_RGB
+def _your_files(name: str) -> str:
+    return f"{name} reads your own files and cannot download; pass download=False"
+
+
+_register(
+    "isic",
+    ISIC,
+    needs_root="the folder holding benign/ and malignant/",
+    own_files="ISIC cannot be downloaded: build the CDEP folder layout and pass root=",
+    summary="ISIC benign/malignant with patch masks (the split is seeded by ``split_seed``).",
+    num_classes=2,
+    has_masks=True,
+    mask_pool="max",
 )
-def oxford_pet(
-    split: str = "train",
-    root: str | None = None,
-    seed: int = 0,
-    image_size: int | None = None,
-    download: bool = False,
-    **options: Any,
-) -> OxfordPetMasks:
-    """Oxford-IIIT-Pet with background masks (``seed`` unused)."""
-    if root is None:
-        raise ValueError("oxford_pet needs root= torchvision's root holding oxford-iiit-pet/")
-    topts = _transform_options(image_size, options)
-    return OxfordPetMasks(root, split, download, **options, **topts)
-
-
-@DATASETS.register("sbd", num_classes=5, image_size=224, has_masks=True, mask_pool="min", **_RGB)
-def sbd(
-    split: str = "train",
-    root: str | None = None,
-    seed: int = 0,
-    image_size: int | None = None,
-    download: bool = False,
-    **options: Any,
-) -> SBDMasks:
-    """SBD bird/bus/cat/dog/horse with everything-but-the-object masks (``seed`` unused)."""
-    if root is None:
-        raise ValueError("sbd needs root= the SBD folder holding img/, cls/, train.txt, val.txt")
-    topts = _transform_options(image_size, options)
-    return SBDMasks(root, split, download, **options, **topts)
-
-
-@DATASETS.register(
-    "masked_folder", num_classes=None, image_size=224, has_masks=True, mask_pool="max", **_RGB
+_register(
+    "oxford_pet",
+    OxfordPetMasks,
+    needs_root="torchvision's root holding oxford-iiit-pet/",
+    summary="Oxford-IIIT-Pet with background masks.",
+    num_classes=37,
+    has_masks=True,
+    mask_pool="min",
 )
-def masked_folder(
-    split: str = "train",
-    root: str | None = None,
-    seed: int = 0,
-    image_size: int | None = None,
-    download: bool = False,
-    **options: Any,
-) -> MaskedImageFolder:
-    """Your own images + parallel mask folder (see :class:`MaskedImageFolder`)."""
-    _no_download("masked_folder", download)
-    topts = _transform_options(image_size, options)
-    return MaskedImageFolder(_need_root("masked_folder", root), split, **options, **topts)
-
-
-@DATASETS.register(
-    "image_folder", num_classes=None, image_size=224, has_masks=False, mask_pool="max", **_RGB
+_register(
+    "sbd",
+    SBDMasks,
+    needs_root="the SBD folder holding img/, cls/, train.txt, val.txt",
+    summary="SBD bird/bus/cat/dog/horse with everything-but-the-object masks.",
+    num_classes=5,
+    has_masks=True,
+    mask_pool="min",
 )
-def image_folder(
-    split: str = "train",
-    root: str | None = None,
-    seed: int = 0,
-    image_size: int | None = None,
-    download: bool = False,
-    **options: Any,
-) -> ImageFolderDataset:
-    """Any ImageFolder classification set (Stanford Dogs, ASL, Plant Village), zero masks."""
-    _no_download("image_folder", download)
-    topts = _transform_options(image_size, options)
-    return ImageFolderDataset(_need_root("image_folder", root), split, **options, **topts)
-
-
-def _no_download(name: str, download: bool) -> None:
-    if download:
-        raise ValueError(f"{name} reads your own files and cannot download; pass download=False")
-
-
-def _need_root(name: str, root: str | None) -> str:
-    if root is None:
-        raise ValueError(f"{name} needs root= the folder holding the images")
-    return root
+_register(
+    "masked_folder",
+    MaskedImageFolder,
+    needs_root="the folder holding the images",
+    own_files=_your_files("masked_folder"),
+    summary="Your own images + parallel mask folder (see :class:`MaskedImageFolder`).",
+    num_classes=None,
+    has_masks=True,
+    mask_pool="max",
+)
+_register(
+    "image_folder",
+    ImageFolderDataset,
+    needs_root="the folder holding the images",
+    own_files=_your_files("image_folder"),
+    summary="Any ImageFolder classification set (Stanford Dogs, ASL, Plant Village), zero masks.",
+    num_classes=None,
+    has_masks=False,
+    mask_pool="max",
+)
