@@ -69,6 +69,36 @@ def test_mc_predict_samples_differ_and_average_probabilities() -> None:
     assert not model.training and bayes.bayesian_layers(model)[0].sample is None
 
 
+def test_predict_batches_is_seeded_mc_averaging_and_restores_the_rng() -> None:
+    """The dataloader loop: per batch the MC mean of S sampled softmaxes (a slow reference
+    with explicit sampled passes), seeded by ``seed``, the caller's RNG untouched."""
+    model = bayes.to_bayesian(LeNet(), rho_init=-2.0)
+    x, y = torch.rand(6, 1, 28, 28), torch.arange(6)
+    loader = [(x[:4], y[:4], "extra"), (x[4:], y[4:], "extra")]
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    out = list(bayes.predict_batches(model, loader, mc_samples=3, seed=7))
+    assert torch.equal(torch.rand(3), before)  # caller's RNG as if nothing had been drawn
+    assert [b[2] for b, _ in out] == ["extra", "extra"] and torch.equal(out[1][0][1], y[4:])
+    torch.manual_seed(7)
+    ref = []
+    with torch.no_grad(), hooks.sampling(model, True):
+        for xb in (x[:4], x[4:]):
+            ref.append(torch.stack([model(xb).softmax(-1) for _ in range(3)]).mean(0))
+    for (_, probs), want in zip(out, ref, strict=True):
+        torch.testing.assert_close(probs, want)
+    again = list(bayes.predict_batches(model, loader, mc_samples=3, seed=7))
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(out, again, strict=True))
+    # mc_samples=0: the mean network; deterministic models: a plain softmax
+    [(_, mean)] = list(bayes.predict_batches(model, loader[:1], mc_samples=0, seed=1))
+    with torch.no_grad(), hooks.sampling(model, False):
+        torch.testing.assert_close(mean, model(x[:4]).softmax(-1))
+    plain = LeNet()
+    [(_, got)] = list(bayes.predict_batches(plain, loader[:1], mc_samples=5, seed=1))
+    torch.testing.assert_close(got, plain.eval()(x[:4]).softmax(-1))
+
+
 def test_mutual_information_tracks_weight_uncertainty() -> None:
     x = torch.rand(8, 1, 28, 28)
     net = LeNet()

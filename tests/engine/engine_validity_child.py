@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import rightfocus.bayes.inference as inference_mod
 import rightfocus.engine.module as module_mod
 import rightfocus.engine.run as run_mod
 from rightfocus.cli import main
@@ -117,7 +118,7 @@ def evaluate(*args: Any, **kwargs: Any) -> Any:
 
 run_mod._evaluate = evaluate  # type: ignore[assignment]
 
-_predict = module_mod.predict_probs
+_predict = inference_mod.predict_probs
 _calls = {"test": 0}
 
 
@@ -129,7 +130,7 @@ def predict_probs(*args: Any, **kwargs: Any) -> Any:
     return _predict(*args, **kwargs)
 
 
-module_mod.predict_probs = predict_probs
+inference_mod.predict_probs = predict_probs  # the MC loop of the test evaluation
 
 _write_json = run_mod.atomic_write_json
 

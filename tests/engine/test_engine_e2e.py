@@ -111,7 +111,7 @@ def test_validation_on_the_mean_network_with_val_mc_samples_zero() -> None:
 
     from rightfocus import bayes
     from rightfocus.engine.config import load_config_dict
-    from rightfocus.engine.module import predict_probs
+    from rightfocus.bayes.inference import predict_probs
     from rightfocus.models import LeNet
 
     model = bayes.to_bayesian(LeNet(), rho_init=-2.0)

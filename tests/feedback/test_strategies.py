@@ -109,7 +109,7 @@ def test_uncertainty_strategy_on_a_bayesian_model(tiny_cnn: torch.nn.Module) -> 
     with torch.random.fork_rng():
         torch.manual_seed(3)
         for b in (x[:2], x[2:]):
-            from rightfocus.engine.module import predict_probs
+            from rightfocus.bayes.inference import predict_probs
 
             pred = predict_probs(model, b, True, 4).argmax(1)
             eu = explanation_uncertainty(model, b, pred, method="saliency", samples=4, seed=3)

@@ -31,6 +31,8 @@ def test_report_equals_sklearn(k: int) -> None:
     assert rep["f1"] == pytest.approx(skm.f1_score(t, pred, average=avg), abs=1e-6)
     auc = skm.roc_auc_score(t, p[:, 1]) if k == 2 else skm.roc_auc_score(t, p, multi_class="ovr")
     assert rep["auc"] == pytest.approx(auc, abs=1e-5)
+    assert rep["nll"] == pytest.approx(skm.log_loss(t, p, labels=list(range(k))), rel=1e-5)
+    assert rep["ece"] == pytest.approx(cal.expected_calibration_error(probs, y), abs=1e-12)
     assert np.array_equal(confusion_matrix(probs, y).numpy(), skm.confusion_matrix(t, pred))
 
 
@@ -44,6 +46,12 @@ def test_ece_equals_torchmetrics(bins: int) -> None:
     assert cal.maximum_calibration_error(probs, y, n_bins=bins) == pytest.approx(
         float(mce), abs=1e-6
     )
+    # the reliability-diagram bins (our own binning) give the same ECE / MCE as torchmetrics
+    data = cal.reliability_data(probs, y, n_bins=bins)
+    has = data.count > 0
+    weighted = float((data.count[has] / data.count.sum() * data.gaps[has]).sum())
+    assert weighted == pytest.approx(float(ref), abs=1e-6)
+    assert float(data.gaps[has].max()) == pytest.approx(float(mce), abs=1e-6)
 
 
 def test_equal_mass_bins_hold_equal_counts_and_nll_brier_match_sklearn() -> None:

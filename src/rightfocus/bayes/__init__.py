@@ -20,6 +20,8 @@ from rightfocus.bayes.inference import (
     expected_entropy,
     mc_predict,
     mutual_information,
+    predict_batches,
+    predict_probs,
     predictive_entropy,
 )
 from rightfocus.bayes.layers import BayesConv2d, BayesLinear
@@ -36,6 +38,8 @@ __all__ = [
     "mark_weights_loaded",
     "mc_predict",
     "mutual_information",
+    "predict_batches",
+    "predict_probs",
     "predictive_entropy",
     "to_bayesian",
     "to_deterministic",

@@ -11,14 +11,16 @@ prediction and the weights (epistemic).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rightfocus import hooks
-from rightfocus.bayes.convert import kl
+from rightfocus.bayes.convert import is_bayesian, kl
 from rightfocus.errors import UserError
 
 __all__ = [
@@ -27,6 +29,8 @@ __all__ = [
     "expected_entropy",
     "mc_predict",
     "mutual_information",
+    "predict_batches",
+    "predict_probs",
     "predictive_entropy",
 ]
 
@@ -130,6 +134,52 @@ def mc_predict(model: nn.Module, x: Tensor, samples: int = 10, sample: bool = Tr
             "variances (rho) overflow; check the model (e.g. a huge rho) before predicting"
         )
     return MCPrediction(probs=logits.softmax(dim=-1).mean(dim=0), logits=logits)
+
+
+def predict_probs(model: nn.Module, x: Tensor, bayesian: bool, mc_samples: int) -> Tensor:
+    """Class probabilities ``(B, K)`` in float32, no grad, eval mode.
+
+    Bayesian models: the MC mean ``mean_s softmax(f(x; w_s))`` over ``mc_samples`` sampled
+    passes (Gal & Ghahramani 2016, "Dropout as a Bayesian Approximation"), or the mean network's
+    softmax for ``mc_samples = 0``; otherwise ``softmax(f(x))``. The softmax is taken of float32
+    logits even under mixed precision (bf16 keeps 8 bits of mantissa, so bf16 probabilities miss
+    summing to 1 by up to ~1e-2 and every metric would inherit that error).
+    """
+    if bayesian:
+        if mc_samples == 0:
+            logits = mc_predict(model, x, samples=1, sample=False).logits
+        else:
+            logits = mc_predict(model, x, samples=mc_samples).logits
+        return logits.float().softmax(dim=-1).mean(dim=0)
+    with torch.no_grad(), hooks.eval_mode(model):
+        return model(x).float().softmax(dim=-1)
+
+
+def predict_batches(
+    model: nn.Module,
+    loader: Iterable[Sequence[Any]],
+    mc_samples: int,
+    seed: int,
+    device: torch.device | str = "cpu",
+) -> Iterator[tuple[list[Any], Tensor]]:
+    """Monte-Carlo prediction over a dataloader: yields ``(batch, probs)`` per batch,
+    the batch's tensors moved to ``device``.
+
+    ``probs`` is :func:`predict_probs` (MC mean for Bayesian models, whether the model is
+    Bayesian is read from its layers). The sampled weights are drawn from the global RNG seeded
+    with ``seed`` for the whole loop, so two evaluations of one model agree; the caller's RNG
+    state is restored when the loop ends (or is closed early). Yielding per batch lets the caller
+    compute per-batch quantities (e.g. explanations) from the same pass over the data.
+    """
+    bayesian = is_bayesian(model)
+    saved = torch.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        for batch in loader:
+            moved = [t.to(device) if isinstance(t, Tensor) else t for t in batch]
+            yield moved, predict_probs(model, moved[0], bayesian, mc_samples)
+    finally:
+        torch.set_rng_state(saved)
 
 
 def _entropy(probs: Tensor) -> Tensor:

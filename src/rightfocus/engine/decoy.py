@@ -70,7 +70,7 @@ def decoy_probes(
 
 
 def _probs(model: nn.Module, x: Tensor, bayesian: bool, mc: int, seed: int) -> Tensor:
-    from rightfocus.engine.module import predict_probs
+    from rightfocus.bayes.inference import predict_probs
 
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

@@ -12,46 +12,23 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+import rightfocus.data  # noqa: F401  (registers the datasets whose metadata is read here)
+from rightfocus._registry import DATASETS, METHODS, MODELS
+from rightfocus.attribution import attribute
+from rightfocus.bayes.inference import predict_batches
 from rightfocus.engine.config import Config
+from rightfocus.metrics.classification import classification_report
+from rightfocus.metrics.explanation import overlap
 
-__all__ = ["attribution_method", "classification_metrics", "evaluate_model", "layer_option"]
-
-
-def _ece_function() -> Any:
-    import importlib
-
-    calibration = importlib.import_module("rightfocus.metrics.calibration")
-    for name in ("expected_calibration_error", "ece"):
-        fn = getattr(calibration, name, None)
-        if fn is not None:
-            return fn
-    raise ImportError("rightfocus.metrics.calibration has no expected_calibration_error / ece")
-
-
-def classification_metrics(probs: Tensor, y: Tensor) -> dict[str, float]:
-    """``classification_report(probs, y)`` plus ``ece`` and ``nll`` (mean ``-log p_y``)."""
-    from rightfocus.metrics.classification import classification_report
-
-    if probs.element_size() < 4:  # bf16 / fp16 (mixed precision): metrics in float32
-        probs = probs.float()
-    out = {k: float(v) for k, v in classification_report(probs, y).items()}
-    if "ece" not in out:
-        out["ece"] = float(_ece_function()(probs, y))
-    if "nll" not in out:
-        out["nll"] = float(F.nll_loss(probs.double().clamp_min(1e-12).log(), y.long()))
-    return out
+__all__ = ["attribution_method", "evaluate_model", "layer_option"]
 
 
 def attribution_method(config: Config) -> tuple[str, dict[str, Any]]:
     """The attribution used for ``overlap``: ``auto`` = |input gradient| for 1-channel (MNIST)
     data, Grad-CAM at the model's registered target layer otherwise."""
-    import rightfocus.data  # noqa: F401
-    from rightfocus._registry import DATASETS
-
     ev = config.evaluation
     method, options = ev.attribution, dict(ev.attribution_options)
     if method == "auto":
@@ -66,8 +43,6 @@ def attribution_method(config: Config) -> tuple[str, dict[str, Any]]:
 
 def layer_option(config: Config, method: str) -> dict[str, Any]:
     """``{"layer": <model's registered target layer>}`` for methods that need a layer, else {}."""
-    from rightfocus._registry import METHODS, MODELS
-
     if not METHODS.metadata(method).get("needs_layer"):
         return {}
     target = MODELS.metadata(config.model.name).get("target_layer")
@@ -89,38 +64,21 @@ def evaluate_model(
     Runs without sampling noise for attributions (eval mode: Bayesian layers use their means)
     and with ``mc_samples`` sampled passes for the probabilities of Bayesian models.
     """
-    from rightfocus.bayes import is_bayesian
-    from rightfocus.engine.module import predict_probs
-
     ev = config.evaluation
-    bayesian = is_bayesian(model)
     want_overlap = "overlap" in ev.metrics
     method, options = attribution_method(config) if want_overlap else ("", {})
     model = model.to(device)
     all_probs, all_y, overlaps = [], [], []
-    gen_state = torch.get_rng_state()
-    torch.manual_seed(config.data.seed)
-    try:
-        for batch in loader:
-            x, y, mask = (t.to(device) for t in batch[:3])
-            probs = predict_probs(model, x, bayesian, ev.mc_samples).float()
-            all_probs.append(probs.cpu())
-            all_y.append(y.long().cpu())
-            if want_overlap:
-                overlaps.append(
-                    _overlap(
-                        model,
-                        x,
-                        _targets(probs, y.long(), ev.overlap_target),
-                        mask,
-                        method,
-                        options,
-                    )
-                )
-    finally:
-        torch.set_rng_state(gen_state)
+    for (x, y, mask, *_), probs in predict_batches(
+        model, loader, ev.mc_samples, config.data.seed, device
+    ):
+        all_probs.append(probs.cpu())
+        all_y.append(y.long().cpu())
+        if want_overlap:
+            target = _targets(probs, y.long(), ev.overlap_target)
+            overlaps.append(_overlap(model, x, target, mask, method, options))
     probs, y = torch.cat(all_probs), torch.cat(all_y)
-    metrics = classification_metrics(probs, y)
+    metrics = classification_report(probs, y)
     if want_overlap:
         values = torch.cat(overlaps)
         metrics["overlap"] = float(values.mean()) if values.numel() else float("nan")
@@ -136,9 +94,6 @@ def _overlap(
     model: nn.Module, x: Tensor, target: Tensor, mask: Tensor, method: str, options: dict[str, Any]
 ) -> Tensor:
     """Per-image overlap of the samples with a non-empty mask (empty tensor if none)."""
-    from rightfocus.attribution import attribute
-    from rightfocus.metrics.explanation import overlap
-
     keep = mask.flatten(1).amax(dim=1) > 0
     if not bool(keep.any()):
         return torch.empty(0)

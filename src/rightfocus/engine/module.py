@@ -23,32 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rightfocus.bayes.inference import predict_probs
 from rightfocus.engine.checkpoint import rng_state, set_rng_state
 from rightfocus.engine.config import OptimConfig
 from rightfocus.guidance.base import Guidance, GuidedBatch, guided_forward
+from rightfocus.metrics.classification import classification_report
 
-__all__ = ["GuidedModule", "predict_probs"]
-
-
-def predict_probs(model: nn.Module, x: Tensor, bayesian: bool, mc_samples: int) -> Tensor:
-    """Class probabilities ``(B, K)`` in float32: MC mean for Bayesian models (``mc_samples =
-    0``: the mean network, no sampling), softmax otherwise; no grad, eval mode.
-
-    The softmax is taken of float32 logits even under mixed precision (bf16 keeps 8 bits of
-    mantissa, so bf16 probabilities miss summing to 1 by up to ~1e-2 and every metric would
-    inherit that error)."""
-    if bayesian:
-        from rightfocus.bayes import mc_predict
-
-        if mc_samples == 0:
-            logits = mc_predict(model, x, samples=1, sample=False).logits
-        else:
-            logits = mc_predict(model, x, samples=mc_samples).logits
-        return logits.float().softmax(dim=-1).mean(dim=0)
-    from rightfocus import hooks
-
-    with torch.no_grad(), hooks.eval_mode(model):
-        return model(x).float().softmax(dim=-1)
+__all__ = ["GuidedModule"]
 
 
 class GuidedModule(pl.LightningModule):
@@ -178,9 +159,7 @@ class GuidedModule(pl.LightningModule):
         probs = torch.cat([p for p, _ in self._val])
         y = torch.cat([t for _, t in self._val])
         self._val = []
-        from rightfocus.engine.evaluate import classification_metrics
-
-        metrics = classification_metrics(probs, y)
+        metrics = classification_report(probs, y)
         logs = {f"val/{k}": float(v) for k, v in metrics.items()}
         logs["val/acc"] = float(metrics["accuracy"])
         logs["val/loss"] = float(metrics["nll"])

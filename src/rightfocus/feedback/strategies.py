@@ -172,7 +172,7 @@ def score_pool(
     """
     from rightfocus.attribution import attribute
     from rightfocus.bayes import is_bayesian
-    from rightfocus.engine.module import predict_probs
+    from rightfocus.bayes.inference import predict_probs
 
     if strategy not in STRATEGIES:
         raise ValueError(f"Unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")

@@ -4,17 +4,22 @@ reliability-diagram data and temperature scaling.
 Expected calibration error (Guo et al. 2017, "On Calibration of Modern Neural Networks"):
 ``ECE = sum_b |B_b|/N * |acc(B_b) - conf(B_b)|`` over confidence bins ``B_b`` of the top-class
 probability. Equal-width bins are ``[b/M, (b+1)/M)`` (the last one closed); equal-mass bins
-hold (nearly) the same number of samples. Temperature scaling fits one ``T > 0`` so that
+hold (nearly) the same number of samples. Equal-width ECE and MCE are torchmetrics'
+``multiclass_calibration_error`` (``norm="l1"`` / ``"max"``); equal-mass bins, classwise ECE
+and the per-bin reliability-diagram data, which torchmetrics does not offer, are computed here
+(:func:`reliability_data`). Temperature scaling fits one ``T > 0`` so that
 ``softmax(z / T)`` minimises the NLL on validation logits (LBFGS on ``log T``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchmetrics.functional.classification import multiclass_calibration_error
 
 from rightfocus.errors import UserError
 from rightfocus.metrics._checks import check_labels, check_probs
@@ -103,10 +108,29 @@ def _weighted_gap(data: ReliabilityData) -> Tensor:
     return (data.count[has] / data.count.sum() * data.gaps[has]).sum()
 
 
+def _torchmetrics_calibration(
+    probs: Tensor, y: Tensor, n_bins: int, norm: Literal["l1", "max"]
+) -> float:
+    """Equal-width ECE (``norm="l1"``) or MCE (``"max"``) by torchmetrics, inputs checked here
+    (torchmetrics would silently softmax rows that do not sum to 1)."""
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    probs = check_probs(probs)
+    y = check_labels(y, probs.shape[0], probs.shape[1]).long().to(probs.device)
+    return float(
+        multiclass_calibration_error(
+            probs.float(), y, num_classes=probs.shape[1], n_bins=n_bins, norm=norm
+        )
+    )
+
+
 def expected_calibration_error(
     probs: Tensor, y: Tensor, n_bins: int = 15, strategy: str = "width"
 ) -> float:
-    """ECE of the top-class confidence (equal-width bins by default, as torchmetrics)."""
+    """ECE of the top-class confidence: ``strategy="width"`` (default) by torchmetrics,
+    ``"mass"`` (equal-mass bins) from :func:`reliability_data`."""
+    if strategy == "width":
+        return _torchmetrics_calibration(probs, y, n_bins, "l1")
     return float(_weighted_gap(reliability_data(probs, y, n_bins, strategy)))
 
 
@@ -116,7 +140,9 @@ ece = expected_calibration_error
 def maximum_calibration_error(
     probs: Tensor, y: Tensor, n_bins: int = 15, strategy: str = "width"
 ) -> float:
-    """MCE: the largest ``|acc - conf|`` over non-empty bins."""
+    """MCE: the largest ``|acc - conf|`` over non-empty bins (equal-width: torchmetrics)."""
+    if strategy == "width":
+        return _torchmetrics_calibration(probs, y, n_bins, "max")
     data = reliability_data(probs, y, n_bins, strategy)
     return float(data.gaps[data.count > 0].max())
 

@@ -3,7 +3,9 @@
 Conventions of the Bayesian explanation-feedback paper ("Regularizing Explanations in
 Bayesian Convolutional Neural Networks"): balanced accuracy; F1 binary (positive class 1)
 for two classes, else macro; ROC-AUC on the class-1 probability for two classes, else
-one-vs-rest macro on the softmax probabilities.
+one-vs-rest macro on the softmax probabilities. :func:`classification_report` is the bundle
+the engine logs at validation and writes after testing: these four plus the equal-width ECE
+and the NLL of :mod:`rightfocus.metrics.calibration`.
 
 ROC-AUC is undefined when a class has no sample in ``y`` (no positives for its one-vs-rest
 curve): :func:`roc_auc` then returns NaN and warns with :class:`UndefinedMetricWarning`; the
@@ -19,6 +21,7 @@ import torchmetrics.functional.classification as tmf
 from torch import Tensor
 
 from rightfocus.metrics._checks import check_labels, check_probs
+from rightfocus.metrics.calibration import expected_calibration_error, nll
 
 __all__ = [
     "UndefinedMetricWarning",
@@ -97,10 +100,18 @@ def confusion_matrix(probs: Tensor, y: Tensor) -> Tensor:
 
 
 def classification_report(probs: Tensor, y: Tensor) -> dict[str, float]:
-    """``accuracy``, ``balanced_accuracy``, ``f1`` and ``auc`` of ``(N, K)`` probabilities."""
+    """``accuracy``, ``balanced_accuracy``, ``f1``, ``auc``, ``ece`` (15 equal-width bins) and
+    ``nll`` (mean ``-log p_y``) of ``(N, K)`` probabilities.
+
+    Half-precision probabilities (bf16 / fp16 from mixed-precision runs) are computed in float32.
+    """
+    if isinstance(probs, Tensor) and probs.is_floating_point() and probs.element_size() < 4:
+        probs = probs.float()
     return {
         "accuracy": accuracy(probs, y),
         "balanced_accuracy": balanced_accuracy(probs, y),
         "f1": f1(probs, y),
         "auc": roc_auc(probs, y),
+        "ece": expected_calibration_error(probs, y),
+        "nll": nll(probs, y),
     }

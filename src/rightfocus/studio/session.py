@@ -203,7 +203,7 @@ class StudioSession:
 
     def predict(self, index: int) -> Tensor:
         """Class probabilities of image ``index`` (MC mean for Bayesian models)."""
-        from rightfocus.engine.module import predict_probs
+        from rightfocus.bayes.inference import predict_probs
 
         def make() -> Tensor:
             x = self.item(index)[0][None].to(self.device)
