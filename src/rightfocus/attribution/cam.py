@@ -373,9 +373,12 @@ class ScoreCAM(_CAM):
 
     With a callable target, its score replaces the class probability (no softmax). All
     ``B * K`` masked forwards run under ``torch.inference_mode`` in chunks of
-    ``internal_batch_size`` images (``"auto"``: about 2**18 input values, at least 4 images,
-    per chunk, as small chunks stay in the CPU cache, and within the memory budget of
-    :func:`rightfocus.attribution.base.images_per_pass`). A map that is constant at the layer's
+    ``internal_batch_size`` images (``"auto"``: about 2**18 input values and at least 32
+    images per chunk, within the memory budget of
+    :func:`rightfocus.attribution.base.images_per_pass`). On the CPU the masked images of a 4-D
+    input enter the model in channels-last memory layout (oneDNN's faster convolutions, the
+    same values up to float rounding; a model that cannot take that layout, e.g. one calling
+    ``.view`` on a feature map, gets the usual layout). A map that is constant at the layer's
     resolution has no min-max scaling; its mask is 0 and its score that of the zero image,
     computed once. Several class targets (a ``(B, T)`` tensor) are scored from the same masked
     forwards. Forward passes only: not differentiable.
@@ -385,6 +388,10 @@ class ScoreCAM(_CAM):
             (``batch_size`` is its deprecated name). memory_budget: bytes for ``auto``.
         align_corners: of the bilinear mask upsampling (default False, as the authors' code;
             pytorch-grad-cam uses True).
+        precision: ``"float32"`` (default) or ``"bfloat16"``: the masked forwards under
+            ``torch.autocast`` in bfloat16 (faster on CPUs with bfloat16 instructions; the
+            scores change at about the third significant digit, so near-tied channel weights
+            can reorder; ``benchmarks/cam_speed.py`` reports the map error).
         **options: the common CAM options (see :class:`GradCAM`; ``create_graph`` must be False).
     """
 
@@ -397,6 +404,7 @@ class ScoreCAM(_CAM):
         internal_batch_size: int | str | None = "auto",
         memory_budget: int | str | None = None,
         align_corners: bool = False,
+        precision: str = "float32",
         **options: Any,
     ) -> None:
         if "batch_size" in options:
@@ -408,10 +416,13 @@ class ScoreCAM(_CAM):
             raise ValueError(
                 f"weighting must be one of {', '.join(_SCORE_RULES)}, got {weighting!r}"
             )
+        if precision not in ("float32", "bfloat16"):
+            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
         self.weighting = weighting
         self.internal_batch_size = pass_size_option(internal_batch_size)
         self.memory_budget = memory_budget
         self.align_corners = align_corners
+        self.precision = precision
 
     def _score(self, outputs: Tensor, target: Tensor | Any) -> Tensor:
         if self.weighting == "channel_softmax" or not isinstance(target, Tensor):
@@ -426,11 +437,25 @@ class ScoreCAM(_CAM):
 
     def _chunk(self, model: nn.Module, x: Tensor) -> int:
         """Masked images per forward pass: ``internal_batch_size`` or ~2**18 input values
-        (>= 4) within the memory budget."""
+        (>= 32) within the memory budget."""
         if isinstance(self.internal_batch_size, int):
             return self.internal_batch_size
         fits = images_per_pass("auto", model, x[:1], self.memory_budget)
-        return max(1, min(max(4, 2**18 // x[0].numel()), fits))
+        return max(1, min(max(32, 2**18 // x[0].numel()), fits))
+
+    def _forward(self, model: nn.Module, images: Tensor, layout: list[bool]) -> Tensor:
+        """``model(images)`` in the chosen precision; channels-last on the CPU while
+        ``layout[0]`` holds (cleared, and the pass repeated, if the model refuses it)."""
+        autocast = torch.autocast(
+            images.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16"
+        )
+        with autocast:
+            if layout[0]:
+                try:
+                    return model(images.contiguous(memory_format=torch.channels_last))
+                except RuntimeError:  # e.g. .view() of a channels-last feature map
+                    layout[0] = False
+            return model(images)
 
     def _masked_scores(
         self, model: nn.Module, x: Tensor, acts: Tensor, target: Any, zero_out: Tensor
@@ -453,11 +478,13 @@ class ScoreCAM(_CAM):
             scores[idx] = self._score(outputs, _rows(target, idx // K)).to(scores.dtype)
         varying = (~constant).nonzero().squeeze(1)
         chunk = self._chunk(model, x)
+        layout = [x.dim() == 4 and x.device.type == "cpu"]
         with torch.inference_mode():
             for start in range(0, varying.shape[0], chunk):
                 idx = varying[start : start + chunk]
                 owner = idx // K
-                outputs = model(x[owner] * self._masks(flat[idx], size))
+                outputs = self._forward(model, x[owner] * self._masks(flat[idx], size), layout)
+                outputs = outputs.to(scores.dtype)
                 scores[idx] = self._score(outputs, _rows(target, owner)).to(scores.dtype)
         return scores.view(B, K, *extra)
 

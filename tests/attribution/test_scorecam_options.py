@@ -1,0 +1,72 @@
+"""Score-CAM's speed options keep its result: channels-last masked passes (and the fallback for
+models that refuse that layout) and the bfloat16 precision option (error bounded)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from rightfocus import attribute
+from rightfocus.attribution.cam import ScoreCAM
+
+
+class ViewCNN(nn.Module):
+    """Flattens its feature map with ``.view`` (fails on a channels-last tensor)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.fc(h.view(h.shape[0], -1))
+
+
+class FlattenCNN(ViewCNN):
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.fc(h.flatten(1))
+
+
+def _reference(model: nn.Module, x: Tensor, t: Tensor) -> Tensor:
+    """The same computation with every masked forward in the default layout, one at a time."""
+    return attribute(model, x, t, "scorecam", layer="conv2", internal_batch_size=1)
+
+
+@pytest.mark.parametrize("cls", [ViewCNN, FlattenCNN])
+def test_channels_last_passes_and_view_fallback_give_the_same_maps(cls):
+    torch.manual_seed(0)
+    model = cls().eval()
+    x, t = torch.rand(3, 3, 8, 8), torch.tensor([0, 3, 4])
+    seen: list[bool] = []
+    hook = model.conv1.register_forward_pre_hook(
+        lambda _m, inp: seen.append(inp[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    try:
+        fast = attribute(model, x, t, "scorecam", layer="conv2")
+    finally:
+        hook.remove()
+    torch.testing.assert_close(fast, _reference(model, x, t), rtol=1e-4, atol=1e-6)
+    if cls is FlattenCNN:
+        assert any(seen)  # the masked passes did run channels-last
+    else:
+        assert seen[-1] is False  # refused once, then the usual layout
+
+
+def test_bfloat16_precision_is_close_to_float32():
+    torch.manual_seed(0)
+    model = FlattenCNN().eval()
+    x, t = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    exact = attribute(model, x, t, "scorecam", layer="conv2", normalize=True)
+    bf16 = attribute(model, x, t, "scorecam", layer="conv2", normalize=True, precision="bfloat16")
+    assert bf16.dtype == torch.float32
+    err = (bf16 - exact).abs().max()
+    assert 0 < err < 0.05  # bfloat16 has ~3 significant digits: different, but close
+
+
+def test_bad_precision_is_refused():
+    with pytest.raises(ValueError, match="precision must be"):
+        ScoreCAM(precision="float16")
