@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import WeightedRandomSampler
+from torch.utils.data import Dataset, Subset, WeightedRandomSampler
 
 from rightfocus.data import (
     FeedbackSubset,
@@ -15,6 +17,9 @@ from rightfocus.data import (
     fold_subsets,
     kfold_split,
 )
+from rightfocus.data.splits import dataset_labels, stored_labels
+from rightfocus.engine.config import load_config_dict
+from rightfocus.engine.datamodule import ExperimentData, _stratify_labels
 
 
 @pytest.mark.parametrize("n,k", [(10, 3), (101, 3), (7, 7), (50, 5)])
@@ -106,3 +111,76 @@ def test_stratified_folds_keep_class_proportions() -> None:
         kfold_split(7, 4, 0, seed=0, labels=[0, 0, 0, 0, 1, 1, 1])
     with pytest.raises(ValueError, match="3 entries for 4 samples"):
         kfold_split(4, 2, 0, seed=0, labels=[0, 1, 0])
+
+
+class _NoLabels(Dataset[Any]):
+    """Yields (image, label, mask) but stores no labels: they would be read image by image."""
+
+    def __init__(self, labels: list[int]) -> None:
+        self._y = labels
+
+    def __len__(self) -> int:
+        return len(self._y)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+        return torch.zeros(1, 2, 2), self._y[index], torch.zeros(1, 2, 2)
+
+
+class _Overlay(Dataset[Any]):
+    """A wrapper keeping the indexing of the dataset it wraps (as the feedback overlay)."""
+
+    def __init__(self, dataset: Dataset[Any]) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[index]
+
+
+def test_stored_labels_look_through_wrappers_and_never_load_images() -> None:
+    y = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6])
+    ds = MaskedTensorDataset(torch.rand(8, 1, 2, 2), y)
+    sub = Subset(ds, [7, 0, 2])
+    assert stored_labels(_Overlay(FeedbackSubset(sub, 0.5))).tolist() == [6, 3, 4]  # type: ignore[union-attr]
+    assert stored_labels(Subset(Subset(ds, [1, 2, 3]), [2, 0])).tolist() == [1, 1]  # type: ignore[union-attr]
+    assert stored_labels(_NoLabels([0, 1])) is None
+    assert stored_labels(Subset(_NoLabels([0, 1, 1]), [2])) is None
+    assert dataset_labels(_NoLabels([0, 1, 1])).tolist() == [0, 1, 1]  # by iterating
+
+
+def test_datamodule_folds_are_stratified() -> None:
+    """Every validation fold of the engine holds a third of every class of the training pool
+    (floor or ceil), and the three folds partition the pool."""
+    cfg = load_config_dict(
+        {
+            "experiment": "e",
+            "run": "r",
+            "data": {"dataset": "decoy_mnist", "folds": 3, "max_train": 150, "max_test": 10},
+            "model": {"name": "lenet"},
+        }
+    )
+    seen: list[int] = []
+    for fold in range(3):
+        dm = ExperimentData(
+            cfg.model_copy(update={"data": cfg.data.model_copy(update={"fold": fold})})
+        )
+        dm._setup_fit()
+        pool = dm.val_dataset.dataset  # type: ignore[union-attr]
+        labels = np.array([int(pool[i][1]) for i in range(len(pool))])  # read image by image
+        val = np.asarray(dm.val_dataset.indices)  # type: ignore[union-attr]
+        per_class = np.bincount(labels[val], minlength=10)
+        third = np.bincount(labels, minlength=10) / 3
+        assert np.all((per_class >= np.floor(third)) & (per_class <= np.ceil(third))), per_class
+        seen += val.tolist()
+    assert sorted(seen) == list(range(150))
+
+
+def test_unstratified_fallback_says_why() -> None:
+    with pytest.warns(UserWarning, match="stores no labels.*not stratified"):
+        assert _stratify_labels(_NoLabels([0, 1] * 5), 3) is None
+    ds = MaskedTensorDataset(torch.rand(10, 1, 2, 2), torch.tensor([0] * 8 + [1] * 2))
+    with pytest.warns(UserWarning, match="only 2 samples, fewer than the 3 folds"):
+        assert _stratify_labels(ds, 3) is None
+    assert _stratify_labels(ds, 2).tolist() == ds.targets  # type: ignore[union-attr]

@@ -23,6 +23,7 @@ __all__ = [
     "dataset_labels",
     "fold_subsets",
     "kfold_split",
+    "stored_labels",
 ]
 
 
@@ -121,17 +122,31 @@ class FeedbackSubset(Dataset[tuple[Tensor, Tensor, Tensor]]):
         return getattr(self.dataset, name)
 
 
-def dataset_labels(dataset: Dataset[Any]) -> np.ndarray:
-    """Integer labels of a dataset: its ``targets``/``labels`` attribute, else by iterating.
+def stored_labels(dataset: Dataset[Any]) -> np.ndarray | None:
+    """Integer labels read without loading any image, or None when the dataset stores none.
 
-    Handles :class:`~torch.utils.data.Subset` (including nested ones) without loading images.
+    Reads a ``targets``/``labels`` attribute; looks through :class:`~torch.utils.data.Subset`
+    (nested too) and through wrappers that keep the indexing of the dataset they wrap (a
+    ``dataset`` attribute of the same length, e.g. the feedback overlays).
     """
     if isinstance(dataset, Subset):
-        return dataset_labels(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
+        inner = stored_labels(dataset.dataset)
+        return None if inner is None else inner[np.asarray(dataset.indices, dtype=np.int64)]
     for attr in ("targets", "labels"):
         value = getattr(dataset, attr, None)
         if value is not None:
             return np.asarray(value.tolist() if isinstance(value, Tensor) else value, np.int64)
+    inner = vars(dataset).get("dataset")
+    if isinstance(inner, Dataset) and len(inner) == len(dataset):  # type: ignore[arg-type]
+        return stored_labels(inner)
+    return None
+
+
+def dataset_labels(dataset: Dataset[Any]) -> np.ndarray:
+    """Integer labels of a dataset: :func:`stored_labels`, else by iterating over it."""
+    labels = stored_labels(dataset)
+    if labels is not None:
+        return labels
     return np.asarray([int(dataset[i][1]) for i in range(len(dataset))], dtype=np.int64)  # type: ignore[arg-type]
 
 

@@ -14,6 +14,7 @@ epoch's permutation), so two processes see exactly the batches one process would
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from rightfocus.data.splits import FeedbackSubset, kfold_split, stored_labels
 from rightfocus.engine.config import Config
 from rightfocus.guidance.base import Guidance
 
@@ -160,6 +162,29 @@ def build_dataset(config: Config, split: str) -> Dataset[Any]:
     return dataset
 
 
+def _stratify_labels(pool: Dataset[Any], folds: int) -> np.ndarray | None:
+    """The labels to stratify the k-fold split by (every fold keeps the class proportions), or
+    None, with a warning saying why, when stratification is impossible: the dataset stores no
+    labels (reading them would load every image), or a class has fewer samples than folds."""
+    labels = stored_labels(pool)
+    if labels is None:
+        reason = (
+            f"the {type(pool).__name__} dataset stores no labels (no `targets` attribute), "
+            "so the folds are not stratified"
+        )
+    else:
+        counts = np.bincount(labels)
+        smallest = int(counts[counts > 0].min())
+        if smallest >= folds:
+            return labels
+        reason = (
+            f"a class has only {smallest} samples, fewer than the {folds} folds, so the folds "
+            "are not stratified; raise data.max_train or lower data.folds to stratify"
+        )
+    warnings.warn(f"k-fold split by scikit-learn's KFold: {reason}", stacklevel=3)
+    return None
+
+
 class ExperimentData(pl.LightningDataModule):
     """Train / val / test data of one experiment (see the module docstring).
 
@@ -201,13 +226,12 @@ class ExperimentData(pl.LightningDataModule):
             self.test_dataset = build_dataset(self.config, "test")
 
     def _setup_fit(self) -> None:
-        from rightfocus.data.splits import FeedbackSubset, kfold_split
-
         d = self.config.data
         pool = build_dataset(self.config, "train")
         n = len(pool)  # type: ignore[arg-type]
         if d.folds > 1:
-            train_idx, val_idx = kfold_split(n, d.folds, d.fold, d.seed)
+            labels = _stratify_labels(pool, d.folds)
+            train_idx, val_idx = kfold_split(n, d.folds, d.fold, d.seed, labels)
             train: Dataset[Any] = Subset(pool, train_idx.tolist())
             self.val_dataset = Subset(pool, val_idx.tolist())
         else:
