@@ -1,11 +1,14 @@
-"""Mask resizing (max / min pooling) and the empty-mask guard."""
+"""Mask resizing (max / min pooling), the empty-mask guard and the argument checks every
+guidance method shares."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from rightfocus import GUIDANCE
 from rightfocus.guidance._masks import EmptyMaskGuard, resize_mask
+from rightfocus.guidance.base import GuidedBatch
 
 
 def _mask() -> torch.Tensor:
@@ -179,3 +182,34 @@ def test_receptive_field_refuses_unsupported_layers() -> None:
         receptive_field_geometry(model, model[2])
     with pytest.raises(ValueError, match="needs the layer chain"):
         resize_mask(torch.zeros(1, 1, 4, 4), (2, 2), "receptive_field")
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "message"),
+    [
+        ("rrr", {"log_prob": "mean"}, r"log_prob must be one of \('sum', 'target', 'loss'\)"),
+        ("rrr", {"empty_masks": "skip"}, r"empty_masks must be one of \('error', 'warn'"),
+        ("xgradient_prior", {"target": "logit"}, r"target must be one of \('label', 'pred'\)"),
+        ("counterexamples", {"empty_masks": "no"}, "empty_masks must be one of"),
+        ("bayes_feedback", {"empty_masks": "no"}, "empty_masks must be one of"),
+        ("proxy_attention", {"rule": "median"}, r"rule must be one of \('blend', 'mean'"),
+        ("proxy_attention", {"store": "keep"}, r"store must be one of \('replace', 'add'\)"),
+        ("proxy_attention", {"clear": "never"}, "clear must be one of"),
+    ],
+)
+def test_every_method_refuses_an_unknown_choice_the_same_way(name, params, message) -> None:
+    """One check for every guidance method's named choices: the option, the allowed values and
+    what was given."""
+    with pytest.raises(ValueError, match=message):
+        GUIDANCE.get(name)(**params)
+
+
+@pytest.mark.parametrize("name", ["rrr", "xgradient_prior"])
+def test_input_gradient_methods_refuse_an_input_without_grad(name: str) -> None:
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3, bias=False))
+    x = torch.rand(2, 1, 4, 4)
+    batch = GuidedBatch(x, torch.tensor([0, 1]), torch.ones(2, 1, 4, 4))
+    guidance = GUIDANCE.get(name)()
+    with pytest.raises(ValueError, match=rf"{name.upper() if name == 'rrr' else name} needs the "
+                       r"forward input to require grad.*guided_forward"):  # fmt: skip
+        guidance.loss_terms(model, batch, model(x))

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rightfocus.guidance.base import check_choice
+
 __all__ = [
     "POOL_MODES",
     "EmptyMaskGuard",
@@ -185,10 +187,8 @@ class EmptyMaskGuard:
     """
 
     def __init__(self, method: str, policy: str = "error", min_samples: int = 64) -> None:
-        if policy not in EMPTY_MASK_POLICIES:
-            raise ValueError(f"empty_masks must be one of {EMPTY_MASK_POLICIES}, got {policy!r}")
         self.method = method
-        self.policy = policy
+        self.policy = check_choice(policy, EMPTY_MASK_POLICIES, "empty_masks")
         self.min_samples = int(min_samples)
         self.seen = 0
         self.found = False

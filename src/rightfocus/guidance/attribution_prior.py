@@ -6,7 +6,15 @@ import torch
 from torch import Tensor, nn
 
 from rightfocus.guidance._masks import EmptyMaskGuard
-from rightfocus.guidance.base import Guidance, GuidedBatch, check_weights, register_guidance
+from rightfocus.guidance.base import (
+    Guidance,
+    GuidedBatch,
+    check_choice,
+    check_weights,
+    register_guidance,
+    require_input_grad,
+)
+from rightfocus.models.xdnn import check_homogeneous, homogeneity_error
 
 __all__ = ["XGradientPrior", "gini", "gini_pairwise", "x_gradient"]
 
@@ -62,8 +70,6 @@ def _check_no_bias(model: nn.Module) -> None:
 
 def _check_homogeneous(model: nn.Module, x: Tensor) -> None:
     """Dynamic part: ``f(a x) = a f(x)`` on a few real inputs (the mean network, no grad)."""
-    from rightfocus.models.xdnn import check_homogeneous, homogeneity_error
-
     sample = x[:16].detach()
     if not check_homogeneous(model, sample):
         err = homogeneity_error(model, sample)
@@ -111,11 +117,9 @@ class XGradientPrior(Guidance):
         check_weights(lam=lam, gini_lam=gini_lam)
         if lam == 0 and gini_lam == 0:
             raise ValueError("Both lam and gini_lam are 0: set at least one to use the prior")
-        if target not in ("label", "pred"):
-            raise ValueError(f"target must be 'label' or 'pred', got {target!r}")
         self.lam = float(lam)
         self.gini_lam = float(gini_lam)
-        self.target = target
+        self.target = check_choice(target, ("label", "pred"), "target")
         self.force = bool(force)
         self._guard = EmptyMaskGuard("xgradient_prior", empty_masks if lam > 0 else "ignore")
         self._checked: set[int] = set()
@@ -126,11 +130,7 @@ class XGradientPrior(Guidance):
             _check_no_bias(model)
 
     def loss_terms(self, model: nn.Module, batch: GuidedBatch, logits: Tensor) -> dict[str, Tensor]:
-        if not batch.x.requires_grad:
-            raise ValueError(
-                "xgradient_prior needs the forward input to require grad; run it through "
-                "guided_forward or call x.requires_grad_() before the forward pass."
-            )
+        require_input_grad(batch, "xgradient_prior")
         if not self.force and id(model) not in self._checked:
             _check_no_bias(model)
             _check_homogeneous(model, batch.x)  # once per model, on its first batch

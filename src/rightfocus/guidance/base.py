@@ -39,9 +39,11 @@ __all__ = [
     "CAPABILITIES",
     "Guidance",
     "GuidedBatch",
+    "check_choice",
     "check_weights",
     "guided_forward",
     "register_guidance",
+    "require_input_grad",
 ]
 
 #: Capability class attributes copied into the registry metadata.
@@ -141,6 +143,23 @@ def check_weights(**weights: float) -> None:
     for name, value in weights.items():
         if not float(value) >= 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def check_choice(value: Any, allowed: Sequence[Any], name: str) -> Any:
+    """``value`` when it is one of ``allowed``; else ``{name} must be one of (...), got ...``."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
+    return value
+
+
+def require_input_grad(batch: GuidedBatch, method: str) -> None:
+    """Methods that differentiate w.r.t. the input (``needs_input_grad``) refuse a batch whose
+    ``x`` does not require grad, saying how to fix it."""
+    if not batch.x.requires_grad:
+        raise ValueError(
+            f"{method} needs the forward input to require grad; run it through guided_forward "
+            "(which sets x.requires_grad) or call x.requires_grad_() before the forward pass."
+        )
 
 
 def register_guidance(name: str) -> Callable[[G], G]:

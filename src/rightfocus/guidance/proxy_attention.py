@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from rightfocus import hooks
 from rightfocus._registry import METHODS
 from rightfocus.data.transforms import Normalization, denormalize, normalize
-from rightfocus.guidance.base import Guidance, GuidedBatch, register_guidance
+from rightfocus.guidance.base import Guidance, GuidedBatch, check_choice, register_guidance
 
 __all__ = [
     "CLEAR_POLICIES",
@@ -77,8 +77,7 @@ def blend_proxy(
         >>> blend_proxy(img, cam, threshold=0.85, weight=0.1)[0, 0, 0].tolist()
         [0.45500001311302185, 0.5]
     """
-    if rule not in PROXY_RULES:
-        raise ValueError(f"rule must be one of {PROXY_RULES}, got {rule!r}")
+    check_choice(rule, PROXY_RULES, "rule")
     if images01.dim() != 4:
         raise ValueError(f"images must be (B, C, H, W), got {tuple(images01.shape)}")
     if cams.dim() == 3:
@@ -105,10 +104,14 @@ def blend_proxy(
     return torch.where(selected, replacement, images01)
 
 
-def select_misclassified(preds: Tensor, labels: Tensor, subset: float) -> Tensor:
-    """Indices (in dataset order) of the first ``ceil(subset * N_wrong)`` misclassified samples."""
+def _check_subset(subset: float) -> None:
     if not 0.0 < subset <= 1.0:
         raise ValueError(f"subset must be in (0, 1], got {subset}")
+
+
+def select_misclassified(preds: Tensor, labels: Tensor, subset: float) -> Tensor:
+    """Indices (in dataset order) of the first ``ceil(subset * N_wrong)`` misclassified samples."""
+    _check_subset(subset)
     wrong = torch.nonzero(preds.view(-1) != labels.view(-1).to(preds.device)).view(-1)
     return wrong[: math.ceil(subset * wrong.numel())]
 
@@ -204,8 +207,7 @@ class ProxyDataset(Dataset):
         self, indices: Sequence[int] | Tensor, images: Tensor, store: str = "replace"
     ) -> None:
         """Store proxies for base ``indices`` with policy ``"replace"`` or ``"add"``."""
-        if store not in STORE_POLICIES:
-            raise ValueError(f"store must be one of {STORE_POLICIES}, got {store!r}")
+        check_choice(store, STORE_POLICIES, "store")
         idx = [int(i) for i in (indices.tolist() if isinstance(indices, Tensor) else indices)]
         if len(idx) != images.shape[0]:
             raise ValueError(f"{len(idx)} indices for {images.shape[0]} proxy images")
@@ -426,15 +428,10 @@ class ProxyAttention(Guidance):
         figure_images: int = 8,
     ) -> None:
         self.total_epochs, self.proxy_epochs = schedule_epochs(list(schedule))
-        for value, allowed, what in (
-            (rule, PROXY_RULES, "rule"),
-            (store, STORE_POLICIES, "store"),
-            (clear, CLEAR_POLICIES, "clear"),
-        ):
-            if value not in allowed:
-                raise ValueError(f"{what} must be one of {allowed}, got {value!r}")
-        if not 0.0 < subset <= 1.0:
-            raise ValueError(f"subset must be in (0, 1], got {subset}")
+        check_choice(rule, PROXY_RULES, "rule")
+        check_choice(store, STORE_POLICIES, "store")
+        check_choice(clear, CLEAR_POLICIES, "clear")
+        _check_subset(subset)
         if not 0.0 <= threshold < 1.0:
             raise ValueError(
                 f"threshold must be in [0, 1) (CAMs are min-max normalised), got {threshold}"

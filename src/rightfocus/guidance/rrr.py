@@ -7,7 +7,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rightfocus.guidance._masks import EmptyMaskGuard
-from rightfocus.guidance.base import Guidance, GuidedBatch, check_weights, register_guidance
+from rightfocus.guidance.base import (
+    Guidance,
+    GuidedBatch,
+    check_choice,
+    check_weights,
+    register_guidance,
+    require_input_grad,
+)
 
 __all__ = ["LOG_PROB_MODES", "RRR", "explanation_score", "rrr_penalty"]
 
@@ -24,8 +31,7 @@ def explanation_score(
     * ``"loss"``: the summed (optionally class-weighted) cross-entropy ``sum_n w_{y_n} CE_n``;
       without class weights this is ``-target``, so its squared gradient is the same.
     """
-    if log_prob not in LOG_PROB_MODES:
-        raise ValueError(f"log_prob must be one of {LOG_PROB_MODES}, got {log_prob!r}")
+    check_choice(log_prob, LOG_PROB_MODES, "log_prob")
     if logits.dim() != 2:
         raise ValueError(
             f"RRR needs (B, K) logits from one forward pass, got {tuple(logits.shape)}"
@@ -80,19 +86,13 @@ class RRR(Guidance):
         empty_masks: str = "error",
     ) -> None:
         check_weights(lam=lam)
-        if log_prob not in LOG_PROB_MODES:
-            raise ValueError(f"log_prob must be one of {LOG_PROB_MODES}, got {log_prob!r}")
         self.lam = float(lam)
-        self.log_prob = log_prob
+        self.log_prob = check_choice(log_prob, LOG_PROB_MODES, "log_prob")
         self.class_weight = None if class_weight is None else torch.as_tensor(class_weight)
         self._guard = EmptyMaskGuard("rrr", empty_masks)
 
     def loss_terms(self, model: nn.Module, batch: GuidedBatch, logits: Tensor) -> dict[str, Tensor]:
-        if not batch.x.requires_grad:
-            raise ValueError(
-                "RRR needs the forward input to require grad; run it through guided_forward "
-                "(which sets x.requires_grad) or call x.requires_grad_() before the forward pass."
-            )
+        require_input_grad(batch, "RRR")
         self._guard.update(batch.mask)
         score = explanation_score(logits, batch.y, self.log_prob, self.class_weight)
         (grad,) = torch.autograd.grad(score, batch.x, create_graph=True)
