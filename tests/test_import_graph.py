@@ -40,10 +40,8 @@ EXCEPTIONS = {
     # training on the masks people painted: the overlay reads the feedback store (a folder of
     # masks that itself depends only on _io)
     ("rightfocus.data.feedback", "rightfocus.feedback.store"),
-    # known debts, to remove: `rightfocus reproduce active-feedback` is dispatched by the
-    # engine although the experiment lives in feedback (dispatch it from the CLI instead), and
-    # the Decoy MNIST curve figure reads TensorBoard events itself (pass the curves in instead)
-    ("rightfocus.engine.reproduce", "rightfocus.feedback.active"),
+    # a known debt, to remove: the Decoy MNIST curve figure reads TensorBoard events itself
+    # (pass the curves in instead)
     ("rightfocus.viz.decoy", "rightfocus.engine.report"),
 }
 

@@ -382,21 +382,30 @@ def reproduce_cmd(
 
     Example: rightfocus reproduce decoy-mnist --quick
     """
-    from rightfocus.engine.reproduce import reproduce
+    known = ("decoy-mnist", "isic", "pets", "sbd", "proxy-attention", "active-feedback")
+    if experiment not in known:
+        raise UserError(f"unknown experiment {experiment!r}", hint=f"choose {', '.join(known)}")
+    from rightfocus.engine.reproduce import reproduce  # heavy: imports Lightning
+    from rightfocus.feedback.active import reproduce_active_feedback  # heavy: imports Lightning
 
     folder = out or f"runs/reproduce-{experiment}"
     try:
-        result = reproduce(
-            experiment,
-            folder,
-            quick=quick,
-            root=root,
-            overrides=set_ or [],
-            log=console.print,
-            variants=variants.split(",") if variants else None,
-            methods=methods.split(",") if methods else None,
-            folds=[int(f) for f in folds.split(",")] if folds else None,
-        )
+        if experiment == "active-feedback":
+            result = reproduce_active_feedback(
+                folder, quick=quick, overrides=set_ or [], log=console.print
+            )
+        else:
+            result = reproduce(
+                experiment,
+                folder,
+                quick=quick,
+                root=root,
+                overrides=set_ or [],
+                log=console.print,
+                variants=variants.split(",") if variants else None,
+                methods=methods.split(",") if methods else None,
+                folds=[int(f) for f in folds.split(",")] if folds else None,
+            )
     except RuntimeError as err:  # datasets that must be downloaded say what is missing
         if user_message(err) is not None:
             raise

@@ -632,7 +632,9 @@ def reproduce(
     folds: Sequence[int] | None = None,
     methods: Sequence[str] | None = None,
 ) -> ReproduceResult:
-    """Dispatch ``rightfocus reproduce EXPERIMENT`` (``variants`` / ``folds``: decoy-mnist)."""
+    """Run one of the papers' experiments (``variants`` / ``folds``: decoy-mnist). The
+    active-feedback experiment lives in :mod:`rightfocus.feedback.active` (the CLI dispatches
+    ``rightfocus reproduce active-feedback`` there)."""
     if experiment == "decoy-mnist":
         return reproduce_decoy_mnist(
             runs_dir,
@@ -648,11 +650,7 @@ def reproduce(
     if experiment == "proxy-attention":
         sets = [*overrides, *([f"data.root={root}"] if root else [])]
         return reproduce_proxy_attention(runs_dir, quick=quick, overrides=sets, log=log)
-    if experiment == "active-feedback":
-        from rightfocus.feedback.active import reproduce_active_feedback
-
-        return reproduce_active_feedback(runs_dir, quick=quick, overrides=overrides, log=log)
     raise ValueError(
-        f"Unknown experiment {experiment!r}; choose decoy-mnist, isic, pets, sbd, proxy-attention "
-        "or active-feedback"
+        f"Unknown experiment {experiment!r}; choose decoy-mnist, isic, pets, sbd or "
+        "proxy-attention (active-feedback: rightfocus.feedback.active.reproduce_active_feedback)"
     )
