@@ -381,22 +381,23 @@ def target_gradients(scores: Tensor, inp: Tensor, create_graph: bool = False) ->
     """``d scores[:, k] / d inp`` for every column ``k`` of ``(N, K)`` scores from ONE forward
     pass: ``(N, K, *inp.shape[1:])``.
 
-    The K vector-Jacobian products run batched (``torch.autograd.grad(...,
-    is_grads_batched=True)``, vmap over the backward pass); where an operation of the model
-    has no batching rule, they run one after another on the retained graph. Either way the
-    forward pass is shared by the K targets.
+    The K vector-Jacobian products run as one batched backward pass: ``torch.func.vmap`` over
+    ``torch.autograd.grad``, whose batching rules fold the K cotangents into the batch axis of
+    each backward kernel (one convolution backward on ``K * N`` images; the legacy
+    ``is_grads_batched=True`` loops over K inside convolution and pooling backward). Where an
+    operation of the model has no batching rule, they run one after another on the retained
+    graph. Either way the forward pass is shared by the K targets.
     """
     K = scores.shape[1]
-    eye = torch.eye(K, dtype=scores.dtype, device=scores.device)
-    cotangents = eye[:, None, :].expand(K, scores.shape[0], K)
     if K > 1 and not create_graph:
+        eye = torch.eye(K, dtype=scores.dtype, device=scores.device)
+        cotangents = eye[:, None, :].expand(K, scores.shape[0], K)
+
+        def vjp(v: Tensor) -> Tensor:
+            return torch.autograd.grad(scores, inp, v, retain_graph=True)[0]
+
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # vmap performance notices
-                (grads,) = torch.autograd.grad(
-                    scores, inp, cotangents, retain_graph=True, is_grads_batched=True
-                )
-            return grads.transpose(0, 1)
+            return torch.func.vmap(vjp)(cotangents).transpose(0, 1)
         except RuntimeError:
             pass  # no batching rule for some operation: one VJP per target below
     grads_k = []

@@ -31,6 +31,7 @@ from rightfocus.attribution.base import (
     pass_size_option,
     register_method,
     renamed_option,
+    target_gradients,
 )
 from rightfocus.attribution.gradient import GuidedBackprop
 from rightfocus.attribution.targets import Target, fix_target, select
@@ -180,16 +181,27 @@ class _CAM(Attribution):
         self._create_graph = bool(create_graph)
 
     def _weights(self, acts: Tensor, grads: Tensor) -> Tensor:
-        """Per-channel (``(B, K, 1, 1)``) or per-position (``(B, K, h, w)``) weights."""
+        """Per-channel (``(..., K, 1, 1)``) or per-position (``(..., K, h, w)``) weights.
+
+        ``grads`` is ``(B, K, h, w)``, or ``(B, T, K, h, w)`` for ``T`` class targets, with
+        ``acts`` then ``(B, 1, K, h, w)``: reductions run over the last two axes only.
+        """
         raise NotImplementedError
 
     def _raw_map(self, model: nn.Module, x: Tensor, target: Target, layer: nn.Module) -> Tensor:
+        """``sum_k w_k^c A^k``: ``(B, 1, h, w)``, or ``(B, T, h, w)`` for ``(B, T)`` classes,
+        whose T gradients come from one forward pass (batched vector-Jacobian products)."""
         outputs, acts = layer_forward(model, x, layer, self.create_graph)
         scores = select(outputs, target)
-        (grads,) = torch.autograd.grad(scores.sum(), acts, create_graph=self.create_graph)
+        if scores.dim() == 2:  # (B, T): one map per class target
+            grads = target_gradients(scores, acts, self.create_graph)
+        else:
+            (grads,) = torch.autograd.grad(scores.sum(), acts, create_graph=self.create_graph)
         if not self.create_graph:
             acts = acts.detach()
-        return (self._weights(acts, grads) * acts).sum(dim=1, keepdim=True)
+        if grads.dim() == 5:
+            acts = acts.unsqueeze(1)
+        return (self._weights(acts, grads) * acts).sum(dim=-3, keepdim=grads.dim() == 4)
 
     def _attribute(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
         layer = default_layer(model) if self.layer is None else resolve_layer(model, self.layer)
@@ -197,6 +209,10 @@ class _CAM(Attribution):
             cam = self._raw_map(model, x, target, layer)
         size = (x.shape[-2], x.shape[-1]) if self.upsample else None
         return postprocess_map(cam, size, self.relu, self.normalize, self.interpolation)
+
+    def _attribute_multi(self, model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
+        """``(B, T, 1, H, W)`` maps for ``(B, T)`` class targets from one forward pass."""
+        return self._attribute(model, x, targets).unsqueeze(2)  # (B, T, h, w) maps
 
 
 @register_method("gradcam")
@@ -225,7 +241,7 @@ class GradCAM(_CAM):
     """
 
     def _weights(self, acts: Tensor, grads: Tensor) -> Tensor:
-        return grads.mean(dim=(2, 3), keepdim=True)
+        return grads.mean(dim=(-2, -1), keepdim=True)
 
 
 @register_method("gradcam_plus_plus")
@@ -252,9 +268,9 @@ class GradCAMPlusPlus(_CAM):
 
     def _weights(self, acts: Tensor, grads: Tensor) -> Tensor:
         g2 = grads * grads
-        den = 2 * g2 + acts.sum(dim=(2, 3), keepdim=True) * g2 * grads + self.eps
+        den = 2 * g2 + acts.sum(dim=(-2, -1), keepdim=True) * g2 * grads + self.eps
         alpha = _safe_div(g2, den)
-        return (alpha * F.relu(grads)).sum(dim=(2, 3), keepdim=True)
+        return (alpha * F.relu(grads)).sum(dim=(-2, -1), keepdim=True)
 
 
 @register_method("layercam")
@@ -286,8 +302,8 @@ class XGradCAM(_CAM):
         self.eps = float(eps)
 
     def _weights(self, acts: Tensor, grads: Tensor) -> Tensor:
-        total = acts.sum(dim=(2, 3), keepdim=True) + self.eps
-        return _safe_div(grads * acts, total).sum(dim=(2, 3), keepdim=True)
+        total = acts.sum(dim=(-2, -1), keepdim=True) + self.eps
+        return _safe_div(grads * acts, total).sum(dim=(-2, -1), keepdim=True)
 
 
 def _gap_linear_head(
@@ -345,7 +361,9 @@ class CAM(_CAM):
             outputs, feats, lin = _gap_linear_head(model, x, layer)
             classes = fix_target(outputs, target)
             assert isinstance(classes, Tensor)
-            w = lin.weight[classes]  # (B, K)
+            w = lin.weight[classes]  # (B, K) rows, (B, T, K) for (B, T) classes
+            if w.dim() == 3:  # the same sum as one class at a time, per target
+                return (w[:, :, :, None, None] * feats.unsqueeze(1)).sum(dim=2)
             return (w[:, :, None, None] * feats).sum(dim=1, keepdim=True)
 
 
@@ -540,4 +558,9 @@ class GuidedGradCAM(GradCAM):
         cam = super()._attribute(model, x, target)
         with torch.enable_grad():
             guided = GuidedBackprop(create_graph=self.create_graph)._attribute(model, x, target)
+        if guided.dim() == 5:  # (B, T, C, H, W) for (B, T) class targets; cam (B, T, H, W)
+            cam = cam.unsqueeze(2)
         return guided * cam
+
+    def _attribute_multi(self, model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
+        return self._attribute(model, x, targets)  # both factors share their forward passes
