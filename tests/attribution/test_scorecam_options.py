@@ -1,5 +1,6 @@
-"""Score-CAM's speed options keep its result: channels-last masked passes (and the fallback for
-models that refuse that layout) and the bfloat16 precision option (error bounded)."""
+"""The perturbation methods' speed options keep their result: channels-last passes (Score-CAM,
+Kernel SHAP, LIME; and the fallback for models that refuse that layout) and Score-CAM's bfloat16
+precision option (error bounded)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from rightfocus import attribute
+from rightfocus.attribution import _passes
 from rightfocus.attribution.cam import ScoreCAM
 
 
@@ -31,13 +33,16 @@ class FlattenCNN(ViewCNN):
         return self.fc(h.flatten(1))
 
 
-def _reference(model: nn.Module, x: Tensor, t: Tensor) -> Tensor:
-    """The same computation with every masked forward in the default layout, one at a time."""
-    return attribute(model, x, t, "scorecam", layer="conv2", internal_batch_size=1)
+OPTIONS = {
+    "scorecam": {"layer": "conv2"},
+    "kernel_shap": {"num_samples": 40, "segments": "grid", "n_segments": 4, "seed": 0},
+    "lime": {"num_samples": 40, "segments": "grid", "n_segments": 4, "seed": 0},
+}
 
 
+@pytest.mark.parametrize("method", sorted(OPTIONS))
 @pytest.mark.parametrize("cls", [ViewCNN, FlattenCNN])
-def test_channels_last_passes_and_view_fallback_give_the_same_maps(cls):
+def test_channels_last_passes_and_view_fallback_give_the_same_maps(cls, method, monkeypatch):
     torch.manual_seed(0)
     model = cls().eval()
     x, t = torch.rand(3, 3, 8, 8), torch.tensor([0, 3, 4])
@@ -46,14 +51,20 @@ def test_channels_last_passes_and_view_fallback_give_the_same_maps(cls):
         lambda _m, inp: seen.append(inp[0].is_contiguous(memory_format=torch.channels_last))
     )
     try:
-        fast = attribute(model, x, t, "scorecam", layer="conv2")
+        fast = attribute(model, x, t, method, **OPTIONS[method])
     finally:
         hook.remove()
-    torch.testing.assert_close(fast, _reference(model, x, t), rtol=1e-4, atol=1e-6)
     if cls is FlattenCNN:
-        assert any(seen)  # the masked passes did run channels-last
+        assert any(seen)  # the perturbed passes did run channels-last
     else:
         assert seen[-1] is False  # refused once, then the usual layout
+    monkeypatch.setattr(_passes.PassLayout, "__init__", _default_layout)
+    reference = attribute(model, x, t, method, **OPTIONS[method])
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-6)
+
+
+def _default_layout(self: _passes.PassLayout, x: Tensor) -> None:
+    self.channels_last = False
 
 
 def test_bfloat16_precision_is_close_to_float32():

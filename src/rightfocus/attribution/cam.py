@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from rightfocus import hooks
 from rightfocus._modules import default_layer, grid_layout, resolve_layer
+from rightfocus.attribution._passes import PassLayout
 from rightfocus.attribution.base import (
     Attribution,
     images_per_pass,
@@ -393,13 +394,11 @@ class ScoreCAM(_CAM):
     ``B * K`` masked forwards run under ``torch.inference_mode`` in chunks of
     ``internal_batch_size`` images (``"auto"``: about 2**18 input values and at least 32
     images per chunk, within the memory budget of
-    :func:`rightfocus.attribution.base.images_per_pass`). On the CPU the masked images of a 4-D
-    input enter the model in channels-last memory layout (oneDNN's faster convolutions, the
-    same values up to float rounding; a model that cannot take that layout, e.g. one calling
-    ``.view`` on a feature map, gets the usual layout). A map that is constant at the layer's
-    resolution has no min-max scaling; its mask is 0 and its score that of the zero image,
-    computed once. Several class targets (a ``(B, T)`` tensor) are scored from the same masked
-    forwards. Forward passes only: not differentiable.
+    :func:`rightfocus.attribution.base.images_per_pass`), channels-last on the CPU
+    (:class:`rightfocus.attribution._passes.PassLayout`: the same values, faster). A map that
+    is constant at the layer's resolution has no min-max scaling; its mask is 0 and its score
+    that of the zero image, computed once. Several class targets (a ``(B, T)`` tensor) are
+    scored from the same masked forwards. Forward passes only: not differentiable.
 
     Args:
         weighting: see above. internal_batch_size: masked images per forward pass
@@ -461,19 +460,13 @@ class ScoreCAM(_CAM):
         fits = images_per_pass("auto", model, x[:1], self.memory_budget)
         return max(1, min(max(32, 2**18 // x[0].numel()), fits))
 
-    def _forward(self, model: nn.Module, images: Tensor, layout: list[bool]) -> Tensor:
-        """``model(images)`` in the chosen precision; channels-last on the CPU while
-        ``layout[0]`` holds (cleared, and the pass repeated, if the model refuses it)."""
+    def _forward(self, model: nn.Module, images: Tensor, layout: PassLayout) -> Tensor:
+        """``model(images)`` in the chosen precision and ``layout``'s memory layout."""
         autocast = torch.autocast(
             images.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16"
         )
         with autocast:
-            if layout[0]:
-                try:
-                    return model(images.contiguous(memory_format=torch.channels_last))
-                except RuntimeError:  # e.g. .view() of a channels-last feature map
-                    layout[0] = False
-            return model(images)
+            return layout.forward(model, images)
 
     def _masked_scores(
         self, model: nn.Module, x: Tensor, acts: Tensor, target: Any, zero_out: Tensor
@@ -496,7 +489,7 @@ class ScoreCAM(_CAM):
             scores[idx] = self._score(outputs, _rows(target, idx // K)).to(scores.dtype)
         varying = (~constant).nonzero().squeeze(1)
         chunk = self._chunk(model, x)
-        layout = [x.dim() == 4 and x.device.type == "cpu"]
+        layout = PassLayout(x)
         with torch.inference_mode():
             for start in range(0, varying.shape[0], chunk):
                 idx = varying[start : start + chunk]

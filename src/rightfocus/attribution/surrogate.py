@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from rightfocus._images import gaussian_blur
+from rightfocus.attribution._passes import PassLayout
 from rightfocus.attribution.base import (
     Attribution,
     broadcast_baseline,
@@ -282,6 +283,7 @@ class _Surrogate(Attribution):
         base = fill_baseline(x, labels, self.baseline, self.blur_sigma)
         seed = self.seed if self.seed is not None else int(torch.randint(0, 2**62, (1,)))
         images = images_per_pass(self.internal_batch_size, model, x, self.memory_budget)
+        layout = PassLayout(x)
         with torch.no_grad():
             out = model(torch.cat([x, base]))
             fixed = fix_target(out[:B], targets)
@@ -293,7 +295,7 @@ class _Surrogate(Attribution):
                 idx = torch.tensor([i for i, m in enumerate(counts) if m == M], device=x.device)
                 Z, w = (t.to(dtype=x.dtype, device=x.device) for t in self._coalitions(M, seed))
                 tgt = fixed[idx] if isinstance(fixed, Tensor) else fixed
-                y = self._scores(model, x[idx], base[idx], labels[idx], Z, tgt, images)
+                y = self._scores(model, x[idx], base[idx], labels[idx], Z, tgt, images, layout)
                 G = idx.shape[0]
                 fit = self._fit(Z, w, y.reshape(G * K, -1), f0[idx].reshape(-1),
                                 f1[idx].reshape(-1))  # fmt: skip
@@ -311,14 +313,16 @@ class _Surrogate(Attribution):
         Z: Tensor,
         target: Any,
         images: int,
+        layout: PassLayout,
     ) -> Tensor:
         """``f_c(h_x(z))`` for every image of a group and every coalition: ``(G, n)``, or
-        ``(G, K, n)`` for a ``(G, K)`` class target."""
+        ``(G, K, n)`` for a ``(G, K)`` class target (passes in ``layout``'s memory layout)."""
         G, n = x.shape[0], Z.shape[0]
         if images < G:  # fewer than G images fit in a pass: split the group
             return torch.cat([
                 self._scores(model, x[s : s + images], base[s : s + images],
-                             labels[s : s + images], Z, _rows(target, s, images), images)
+                             labels[s : s + images], Z, _rows(target, s, images), images,
+                             layout)
                 for s in range(0, G, images)
             ])  # fmt: skip
         per_pass = copies_per_pass(images, G, max(n, 1))
@@ -334,7 +338,7 @@ class _Surrogate(Attribution):
                 tgt: Any = target.repeat(k, 1) if multi else target.repeat(k)
             else:
                 tgt = target
-            s = select(model(images_k), tgt)
+            s = select(layout.forward(model, images_k), tgt)
             scores.append(s.view(k, G, *s.shape[1:]))
         if not scores:
             shape = (G, target.shape[1], 0) if multi else (G, 0)
