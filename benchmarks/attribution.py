@@ -12,11 +12,15 @@ and options for every implementation:
   (same run, its rows are merged here).
 
 Each method is timed as one group: ours, every peer and the floor, repeats interleaved
-(round-robin) and the median kept, because the machine is shared; ratios are within a group.
+(round-robin, ``torch.utils.benchmark`` timers, see ``benchmarks/_timing.py``) and the median
+kept, because the machine is shared; ratios are within a group. On the large models the
+methods of many passes get one timed round after a warm-up on 2 images.
 Each group's rows are printed as soon as it finishes and the results file is rewritten after
 every group, so a stopped run keeps what it measured.
 
 Usage: ``python benchmarks/attribution.py [--quick] [--only NAME] [--model M] [--threads 2]``.
+``--quick``: fewer repeats and cheaper settings (IG steps, noise samples, coalitions, masks),
+the same batches.
 A complete run (no ``--only``/``--model``) writes ``benchmarks/results/attribution.json``;
 partial runs write ``benchmarks/results/attribution.<model>[.<method>].partial.json`` and never
 touch it.
@@ -27,7 +31,6 @@ from __future__ import annotations
 import argparse
 import copy
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -36,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _timing import interleaved
 from torch import nn
 
 import rightfocus
@@ -153,10 +157,11 @@ GOALS = {  # method -> minimum ours / fastest peer (or floor)
     "deconvnet": 0.95,
 }
 CHEAP = ("saliency", "input_x_gradient", "guided_backprop", "deconvnet", "lrp", "deeplift")
-"""Methods of one or two passes: on the large models the others get one round (no warm-up)."""
-QUICK_BATCH = 2
-"""--quick: every method runs on this many images of the large models."""
-QUICK_OPTIONS = {  # --quick: cheaper settings (the same for ours and the peers)
+"""Methods of one or two passes: on the large models the others get one timed round, after a
+warm-up round on ``WARMUP_IMAGES`` images (lazy set-up, thread pools, hooks) instead of a full
+one."""
+WARMUP_IMAGES = 2
+QUICK_OPTIONS = {  # --quick: cheaper settings (the same for ours and the peers), same batches
     "integrated_gradients": {"n_steps": 10},
     "smoothgrad": {"n_samples": 4},
     "smoothgrad_sq": {"n_samples": 4},
@@ -338,21 +343,6 @@ PEERS: dict[str, Callable[..., Callable[[], Any] | None]] = {
 # --- timing ----------------------------------------------------------------------------------
 
 
-def interleaved(fns: list[Callable[[], Any]], repeats: int, warmup: int = 1) -> list[float]:
-    """Median seconds per function: ``warmup`` rounds, then ``repeats`` round-robin rounds
-    (rotated, so that the order inside a round favours no case)."""
-    times: list[list[float]] = [[] for _ in fns]
-    n = len(fns)
-    for rep in range(warmup + repeats):
-        for j in range(n):  # each round starts one later: no case always runs first
-            i = (j + rep) % n
-            start = time.perf_counter()
-            fns[i]()
-            if rep >= warmup:
-                times[i].append(time.perf_counter() - start)
-    return [statistics.median(ts) for ts in times]
-
-
 def options_for(method: str, tag: str, quick: bool) -> dict[str, Any]:
     opts = dict(TABLE[method].models[tag])
     if quick:
@@ -360,15 +350,12 @@ def options_for(method: str, tag: str, quick: bool) -> dict[str, Any]:
     return opts
 
 
-def time_method(
-    method: str, tag: str, model: nn.Module, x: torch.Tensor, t: torch.Tensor, repeats: int,
-    quick: bool,
-) -> list[dict[str, Any]]:  # fmt: skip
-    """One group: ours, each peer that has the method, the floor where it applies."""
+def implementations(
+    method: str, tag: str, model: nn.Module, x: torch.Tensor, t: torch.Tensor,
+    opts: dict[str, Any],
+) -> tuple[list[tuple[str, Callable[[], Any]]], list[str]]:  # fmt: skip
+    """(name, call) of ours, each peer that has ``method`` and the floor; notes on skips."""
     entry = TABLE[method]
-    opts = options_for(method, tag, quick)
-    if quick and tag != "lenet5":
-        x, t = x[:QUICK_BATCH], t[:QUICK_BATCH]
     impls: list[tuple[str, Callable[[], Any]]] = [
         ("rightfocus", lambda: attribute(model, x, t, method, **opts))
     ]
@@ -391,7 +378,21 @@ def time_method(
     if "*" in entry.skip:
         notes.append(entry.skip["*"])
     impls.append(("floor", floor(model, x, t)))
-    heavy = tag != "lenet5" and method not in CHEAP and not quick
+    return impls, notes
+
+
+def time_method(
+    method: str, tag: str, model: nn.Module, x: torch.Tensor, t: torch.Tensor, repeats: int,
+    quick: bool,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """One group: ours, each peer that has the method, the floor where it applies."""
+    opts = options_for(method, tag, quick)
+    impls, notes = implementations(method, tag, model, x, t, opts)
+    heavy = tag != "lenet5" and method not in CHEAP
+    if heavy:  # warm every implementation up on a few images, then one timed round
+        small, _ = implementations(method, tag, model, x[:WARMUP_IMAGES], t[:WARMUP_IMAGES], opts)
+        for _, fn in small:
+            fn()
     secs = interleaved([fn for _, fn in impls], 1 if heavy else repeats, 0 if heavy else 1)
     B = x.shape[0]
     by = {name: B / s for (name, _), s in zip(impls, secs)}
@@ -404,7 +405,9 @@ def time_method(
         "fastest_peer": max(peers, key=peers.__getitem__) if peers else None,
         "options": {k: v for k, v in opts.items() if not isinstance(v, torch.Tensor)},
         "notes": notes, "repeats": 1 if heavy else repeats, "source": "attribution.py",
+        "warmup": f"{WARMUP_IMAGES} images" if heavy else "1 round",
     }  # fmt: skip
+    entry = TABLE[method]
     goal = GOALS.get(method)
     if goal is not None and entry.floor:
         row.update(goal=goal, goal_vs="floor", met=row["vs_floor"] >= goal)
@@ -413,7 +416,9 @@ def time_method(
     return [row]
 
 
-def cam_group(tag: str, threads: int, repeats: int) -> list[dict[str, Any]]:
+def cam_group(
+    tag: str, threads: int, repeats: int, only: str | None = None
+) -> list[dict[str, Any]]:
     """The CAM family rows from benchmarks/cam_speed.py, reshaped to this table's columns."""
     import importlib.util
 
@@ -422,7 +427,7 @@ def cam_group(tag: str, threads: int, repeats: int) -> list[dict[str, Any]]:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     out: list[dict[str, Any]] = []
-    for r in mod.cam_rows(threads, repeats, [tag]):
+    for r in mod.cam_rows(threads, repeats, [tag], [only] if only else None):
         same = [o for o in out if o["method"] == r["method"] and o["batch"] == r["batch"]]
         if same:
             same[0]["peers"][r["peer"]] = r["peer_ips"]
@@ -513,7 +518,7 @@ def main(argv: list[str] | None = None) -> None:
         except Exception as err:  # e.g. timm missing for the ViT
             print(f"{tag:<9} not built: {type(err).__name__}: {err}", flush=True)
             continue
-        repeats = (2 if tag == "lenet5" else 1) if args.quick else (7 if tag == "lenet5" else 3)
+        repeats = (2 if tag == "lenet5" else 1) if args.quick else (5 if tag == "lenet5" else 3)
         for method in methods_for(tag, args.only):
             try:
                 new = time_method(method, tag, model, x, t, repeats, args.quick)
@@ -526,11 +531,8 @@ def main(argv: list[str] | None = None) -> None:
             rows += new
             atomic_write_json(tmp_path, {"meta": info, "rows": rows, "finished": False})
         run_cams = tag != "vit" and (args.only is None or TABLE[args.only].script == _CAM)
-        if run_cams and args.quick and tag != "lenet5":
-            print(f"{tag:<9} CAM family skipped with --quick (run cam_speed.py)", flush=True)
-        elif run_cams:
-            new = cam_group(tag, args.threads, 3 if args.quick else 5)
-            new = [r for r in new if args.only in (None, r["method"])]
+        if run_cams:
+            new = cam_group(tag, args.threads, repeats, args.only)
             for r in new:
                 print(fmt_row(r), flush=True)
             rows += new

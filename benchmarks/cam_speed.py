@@ -10,8 +10,10 @@ Each pair computes the same result:
 - Captum ``LayerGradCam`` stays at the layer resolution: ours with ``upsample=False``;
   Captum ``GuidedGradCam`` (nearest upsampling): ours with ``interpolation="nearest"``.
 Repeats are interleaved (every case once per round) and the median is reported, because the
-machine is shared. Goals: Grad-CAM family >= 1.2x pytorch-grad-cam and >= Captum; Score-CAM
->= 2x pytorch-grad-cam.
+machine is shared (``torch.utils.benchmark`` timers, ``benchmarks/_timing.py``). Goals: Grad-CAM
+family >= 1.2x pytorch-grad-cam and >= Captum; Score-CAM >= 2x pytorch-grad-cam on LeNet-5 and
+>= 1.3x on ResNet-18. Score-CAM's ``precision="bfloat16"`` option is timed in the same rounds
+(its own row) and its map error vs float32 reported with the agreement.
 
 Usage: ``python benchmarks/cam_speed.py [--threads 2] [--repeats 5] [--model lenet5]``.
 Writes ``benchmarks/results/cam_speed.json``. ``cam_rows(threads)`` is what
@@ -21,25 +23,24 @@ Writes ``benchmarks/results/cam_speed.json``. ``cam_rows(threads)`` is what
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
-import time
 import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from _timing import interleaved
 from torch import Tensor, nn
 
 from rightfocus import attribute
+from rightfocus._io import atomic_write_json
 from rightfocus._modules import last_conv
 from rightfocus.models.lenet import LeNet5
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cam_speed.json"
 GOALS = {"pytorch-grad-cam": 1.2, "captum": 1.0}
-SCORECAM_GOAL = 2.0
+SCORECAM_GOAL = {"lenet5": 2.0, "resnet18": 1.3}  # per model
 PGC: dict[
     str, tuple[str, dict[str, Any]]
 ] = {  # our name -> (pytorch-grad-cam class, our extra options for the same result)
@@ -110,20 +111,14 @@ def _captum_pairs(model: nn.Module, x: Tensor, t: Tensor, layer: nn.Module) -> l
     ]  # fmt: skip
 
 
-def _interleaved(fns: list[Callable[[], Any]], repeats: int, warmup: int = 1) -> list[float]:
-    """Median seconds per function; ``warmup`` rounds, then ``repeats`` rounds in order."""
-    times: list[list[float]] = [[] for _ in fns]
-    for rep in range(warmup + repeats):
-        for i, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            if rep >= warmup:
-                times[i].append(time.perf_counter() - start)
-    return [statistics.median(ts) for ts in times]
-
-
-def cam_rows(threads: int = 2, repeats: int = 5, models: list[str] | None = None) -> list[dict]:
-    """Time every (ours, peer) pair; one row per pair with both throughputs and the ratio."""
+def cam_rows(
+    threads: int = 2,
+    repeats: int = 5,
+    models: list[str] | None = None,
+    methods: list[str] | None = None,
+) -> list[dict]:
+    """Time every (ours, peer) pair (of ``methods``, default all); one row per pair with both
+    throughputs and the ratio."""
     torch.set_num_threads(threads)
     rows: list[dict] = []
     for tag, model, x, t, score_b in _models():
@@ -131,23 +126,39 @@ def cam_rows(threads: int = 2, repeats: int = 5, models: list[str] | None = None
             continue
         layer = last_conv(model)
         pairs = _pgc_pairs(model, x, t, layer, score_b) + _captum_pairs(model, x, t, layer)
+        pairs = [p for p in pairs if methods is None or p[0] in methods]
         slow = [p for p in pairs if p[0] == "scorecam"]
         fast = [p for p in pairs if p[0] != "scorecam"]
-        # Score-CAM on ResNet-18 is 512 forwards per image: fewer rounds, no warm-up round
-        # (the Grad-CAM pairs before it warm the model up)
+        # Score-CAM on ResNet-18 is 512 forwards per image: fewer rounds, cold calls (a call
+        # is hundreds of forwards, so the first one warms the rest up)
         heavy = tag != "lenet5"
         for group, reps, warmup in (
             (fast, repeats, 1),
-            (slow, max(2, repeats // 2) if heavy else repeats, 0 if heavy else 1),
+            (slow, max(1, repeats // 2) if heavy else repeats, 0 if heavy else 1),
         ):
             if not group:
                 continue
             print(f"{tag}: {len(group)} pairs x {reps} rounds", file=sys.stderr)
-            secs = _interleaved([f for p in group for f in p[2:]], reps, warmup)
+            fns = [f for p in group for f in p[2:]]
+            bf16 = group is slow and bool(slow)
+            if bf16:  # the bfloat16 option, timed in the same rounds against the same peer
+                xb, tb = x[:score_b], t[:score_b]
+                opts = {**PGC["scorecam"][1], "precision": "bfloat16"}
+                fns.append(_ours(model, xb, tb, "scorecam", layer=layer, normalize=True, **opts))
+            secs = interleaved(fns, reps, warmup)
+            if bf16:
+                s, peer_s = secs[-1], secs[1]
+                rows.append({
+                    "method": "scorecam (bfloat16)", "model": tag, "batch": score_b,
+                    "ours_ips": score_b / s, "peer": "pytorch-grad-cam",
+                    "peer_ips": score_b / peer_s, "ratio": peer_s / s, "impl": "rightfocus",
+                    "images_per_s": score_b / s, "goal": SCORECAM_GOAL[tag],
+                    "met": peer_s / s >= SCORECAM_GOAL[tag], "threads": threads, "rounds": reps,
+                })  # fmt: skip
             for j, (method, peer, _, _) in enumerate(group):
                 batch = score_b if method == "scorecam" else x.shape[0]
                 ours_s, peer_s = secs[2 * j], secs[2 * j + 1]
-                goal = SCORECAM_GOAL if method == "scorecam" else GOALS[peer]
+                goal = SCORECAM_GOAL[tag] if method == "scorecam" else GOALS[peer]
                 rows.append({
                     "method": method, "model": tag, "batch": batch, "ours_ips": batch / ours_s,
                     "peer": peer, "peer_ips": batch / peer_s, "ratio": peer_s / ours_s,
@@ -168,6 +179,11 @@ def agreement(model_tag: str = "lenet5", n: int = 8) -> dict[str, float]:
     ):
         a, b = ours().detach(), torch.as_tensor(theirs()).detach().to(torch.float32)
         out[f"{method} vs {peer}"] = float((a.reshape(b.shape) - b).abs().max())
+    opts = PGC["scorecam"][1]
+    exact = attribute(model, x, t, "scorecam", layer=layer, normalize=True, **opts)
+    bf16 = attribute(model, x, t, "scorecam", layer=layer, normalize=True, precision="bfloat16",
+                     **opts)  # fmt: skip
+    out["scorecam bfloat16 vs float32"] = float((bf16 - exact).abs().max())
     return out
 
 
@@ -192,9 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     print("\nmax |ours - peer| on 8 LeNet-5 images (outputs in [0, 1] for pytorch-grad-cam):")
     for k, v in agree.items():
         print(f"  {k:<34} {v:.2e}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     meta = {"torch": torch.__version__, "threads": args.threads, "repeats": args.repeats}
-    RESULTS.write_text(json.dumps({"meta": meta, "rows": rows, "agreement": agree}, indent=2))
+    atomic_write_json(RESULTS, {"meta": meta, "rows": rows, "agreement": agree})
     print(f"\nwrote {RESULTS}")
 
 

@@ -15,6 +15,8 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def _load(name: str):
+    if name != "_timing" and "_timing" not in sys.modules:  # what the scripts import by name
+        sys.modules["_timing"] = _load("_timing")
     spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
@@ -80,3 +82,20 @@ def test_partial_runs_never_overwrite_the_full_results(tmp_path, monkeypatch):
     (row,) = out["rows"]
     assert row["method"] == "saliency" and row["images_per_s"] > 0
     assert set(row["peers"]) == {"captum", "zennit"}
+
+
+def test_interleaved_timer_rotates_rounds_and_keeps_outputs():
+    """The shared timer: every case once per round, rounds rotated, medians per case, the
+    last return value of each case kept."""
+    timing = _load("_timing")
+    order: list[str] = []
+    fns = [lambda n=n: order.append(n) or n for n in "abc"]
+    outputs: list = [None] * 3
+    secs = timing.interleaved(fns, repeats=2, warmup=1, outputs=outputs)
+    assert order == list("aabbccbbccaa")  # each timed call right after its warm-up call
+    order.clear()
+    timing.interleaved(fns, repeats=2, warmup=0)
+    assert order == list("abcbca")  # cold: one call each
+    assert outputs == list("abc") and len(secs) == 3 and all(s >= 0 for s in secs)
+    med = timing.interleaved_medians({"x": lambda: sum(range(10_000))}, reps=3)
+    assert set(med) == {"x"} and med["x"] > 0
