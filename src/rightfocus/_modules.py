@@ -97,6 +97,7 @@ def _by_path(model: nn.Module, path: str) -> nn.Module | None:
 _FAMILY_LAYERS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
     (("Swin",), ("norm",)),
     (("VisionTransformer", "Deit", "Eva", "Beit"), ("blocks.-1.norm1", "encoder.layers.-1.ln_1")),
+    (("ViTFor",), ("vit.layers.-1.layernorm_before", "vit.encoder.layer.-1.layernorm_before")),
     (("ConvNeXt",), ("stages.-1",)),
     (("EfficientNet",), ("bn2", "features.-1")),
     (("MobileNetV3", "MobileNet"), ("blocks.-1", "features.-1")),
@@ -111,7 +112,8 @@ def default_layer_name(model: nn.Module) -> str:
 
     The last stage of a CNN (ConvNeXt ``stages.-1``, EfficientNet ``bn2``, MobileNetV3
     ``blocks.-1``, RegNet ``s4``, DenseNet ``features.-1``, ResNet ``layer4``); the last
-    block's first norm of a ViT/DeiT (``blocks.-1.norm1``, whose tokens all receive gradient,
+    block's first norm of a ViT/DeiT (``blocks.-1.norm1``; transformers' ViT
+    ``vit.layers.-1.layernorm_before``: their tokens all receive gradient,
     unlike the final norm's under class-token pooling); the final norm of a Swin (``norm``).
     Negative indices count from the end (:func:`resolve_layer` accepts them).
     """
@@ -173,6 +175,9 @@ def token_grid(model: nn.Module, n: int) -> tuple[int, tuple[int, int]] | None:
     model's ``num_prefix_tokens`` when it has them, else a square grid after 0-2 prefixes."""
     embed = _patch_embed(model)
     grid = getattr(embed, "grid_size", None)
+    if grid is None and isinstance(getattr(embed, "image_size", None), (tuple, list)):
+        # transformers' patch embeddings: (image_size, patch_size) pairs
+        grid = [i // p for i, p in zip(embed.image_size, embed.patch_size, strict=True)]  # type: ignore[union-attr,arg-type]
     prefix = getattr(model, "num_prefix_tokens", None)
     if grid is not None and len(grid) == 2:
         h, w = int(grid[0]), int(grid[1])

@@ -320,6 +320,49 @@ def _attention_blocks(model: nn.Module) -> list[nn.Module]:
     ]
 
 
+def _hf_attention_modules(model: nn.Module) -> list[nn.Module]:
+    """transformers attention modules (``...Attention`` with a ``config`` that has an
+    ``_attn_implementation``), innermost only, returning ``(output, probabilities, ...)``."""
+    found = [
+        m
+        for m in model.modules()
+        if type(m).__name__.endswith("Attention")
+        and hasattr(getattr(m, "config", None), "_attn_implementation")
+    ]
+    ids = {id(m) for m in found}
+    return [m for m in found if not any(id(c) in ids for c in list(m.modules())[1:])]
+
+
+@contextmanager
+def _hf_attention_probabilities(blocks: list[nn.Module]) -> Iterator[list[Tensor]]:
+    configs: dict[int, Any] = {id(m.config): m.config for m in blocks}
+    saved = {key: c._attn_implementation for key, c in configs.items()}
+    maps: list[Tensor] = []
+    handles = []
+
+    def hook(module: nn.Module, _inputs: Any, output: Any) -> None:
+        probs = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+        if not isinstance(probs, Tensor) or probs.dim() != 4:
+            raise ValueError(
+                f"{type(module).__name__} returned no (B, heads, N, N) attention probabilities "
+                "with the eager attention implementation; this transformers version keeps them "
+                "internal. Use a gradient method or a CAM for this model."
+            )
+        maps.append(probs)
+
+    try:
+        for c in configs.values():
+            c._attn_implementation = "eager"
+        handles = [m.register_forward_hook(hook) for m in blocks]
+        yield maps
+    finally:
+        for handle in handles:
+            handle.remove()
+        for key, c in configs.items():
+            c._attn_implementation = saved[key]
+        maps.clear()
+
+
 @contextmanager
 def attention_probabilities(model: nn.Module) -> Iterator[list[Tensor]]:
     """Record the attention probabilities of every attention block, in call order.
@@ -329,14 +372,23 @@ def attention_probabilities(model: nn.Module) -> Iterator[list[Tensor]]:
     through ``attn_drop``: inside the block ``fused_attn`` is switched off (restored after) and
     a forward hook on each ``attn_drop`` appends its output ``A`` of shape
     ``(B, heads, N, N)`` to the yielded list (still attached to the autograd graph, so
-    gradients with respect to ``A`` can be taken). Models without such blocks are refused.
+    gradients with respect to ``A`` can be taken). transformers models (e.g.
+    ``ViTForImageClassification``) are switched to the eager attention implementation inside
+    the block (restored after), whose attention modules return ``(output, A)``; a forward hook
+    records ``A``. Models without such blocks are refused.
     """
+    hf_blocks = _hf_attention_modules(model)
+    if hf_blocks:
+        with _hf_attention_probabilities(hf_blocks) as hf_maps:
+            yield hf_maps
+        return
     blocks = _attention_blocks(model)
     if not blocks:
         raise ValueError(
             f"{type(model).__name__} has no attention block whose probabilities can be read (timm "
-            "Attention with fused_attn and attn_drop); attention-based explanations need a timm "
-            "vision transformer. Use a gradient method or a CAM for other models."
+            "Attention with fused_attn and attn_drop, or a transformers attention module); "
+            "attention-based explanations need a vision transformer. Use a gradient method or "
+            "a CAM for other models."
         )
     maps: list[Tensor] = []
     flags = [(m, m.fused_attn) for m in blocks]

@@ -119,6 +119,12 @@ class _BayesMixin(nn.Module):
             nn.init.constant_(self.rho_bias, self.rho_init)
 
     @property
+    def weight(self) -> Tensor:
+        """The posterior mean ``mu_weight``, for code that reads a layer's ``.weight`` (e.g.
+        transformers' ViT reads the patch projection's dtype); training updates ``mu_weight``."""
+        return self.mu_weight
+
+    @property
     def sigma_weight(self) -> Tensor:
         """Posterior standard deviation of the weights, ``softplus(rho_weight) + 1e-8``."""
         return F.softplus(self.rho_weight) + SIGMA_EPS

@@ -10,7 +10,8 @@ so tiny test models are a config away (``depth``, ``embed_dim``, ``growth_rate``
 The transformers are built with ``fused_attn=False`` (explicit attention, which has a double
 backward for input-gradient penalties); pass ``fused_attn=True`` for faster inference.
 
-timm is an optional dependency: ``pip install rightfocus[timm]``.
+timm is an optional dependency: ``pip install rightfocus[timm]``; so is HuggingFace
+transformers (``hf_vit``): ``pip install rightfocus[hf]``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,17 @@ def _timm() -> Any:
             "This model comes from timm, an optional dependency: pip install 'rightfocus[timm]'"
         ) from err
     return timm
+
+
+def _transformers() -> Any:
+    try:
+        import transformers  # optional and heavy: imported only when such a model is built
+    except ImportError as err:  # pragma: no cover - transformers is in the dev extra
+        raise ImportError(
+            "This model comes from HuggingFace transformers, an optional dependency: "
+            "pip install 'rightfocus[hf]'"
+        ) from err
+    return transformers
 
 
 def _unfused(model: nn.Module, fused_attn: bool) -> nn.Module:
@@ -213,3 +225,30 @@ def densenet(
             in_channels, num_init_features, kernel_size=7, stride=2, padding=3, bias=False
         )
     return _finish(model, weights)
+
+
+@MODELS.register(
+    "hf_vit", target_layer="vit.layers.-1.layernorm_before", input_size=224, family="transformers"
+)
+def hf_vit(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: int = 224,
+    patch_size: int = 16,
+    weights: str | Path | None = None,
+    attn_implementation: str = "eager",
+    **options: Any,
+) -> nn.Module:
+    """Vision transformer from HuggingFace transformers (``ViTForImageClassification`` built
+    from a ``ViTConfig``, random init; defaults are ViT-B/16; ``hidden_size``,
+    ``num_hidden_layers``, ``num_attention_heads``, ``intermediate_size``, ... go to the
+    config). It returns an ``ImageClassifierOutput``, whose ``.logits`` every part of
+    rightfocus picks automatically. ``attn_implementation="eager"`` computes the attention
+    explicitly (double backward for input-gradient penalties; attention rollout reads it).
+    """
+    transformers = _transformers()
+    config = transformers.ViTConfig(
+        image_size=image_size, patch_size=patch_size, num_channels=in_channels,
+        num_labels=num_classes, attn_implementation=attn_implementation, **options,
+    )  # fmt: skip
+    return _finish(transformers.ViTForImageClassification(config), weights)
