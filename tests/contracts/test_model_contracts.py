@@ -9,6 +9,7 @@ import torch
 
 from rightfocus import MODELS
 from rightfocus._modules import resolve_layer
+from rightfocus.attribution.outputs import select_output
 
 NAMES = MODELS.names()
 # The large timm / torchvision families take seconds each to build: slow (``make test`` runs them).
@@ -39,7 +40,7 @@ def test_model_builds_and_declares_an_existing_target_layer(name: str) -> None:
     seen: list[tuple[int, ...]] = []
     handle = layer.register_forward_hook(lambda _m, _i, out: seen.append(tuple(out.shape)))
     with torch.no_grad():
-        out = model(torch.rand(2, channels, size, size))
+        out = select_output(model(torch.rand(2, channels, size, size)))  # e.g. .logits
     handle.remove()
     assert out.shape == (2, 5), name
     assert seen and seen[0][0] == 2, f"{name}: target layer {meta['target_layer']} not used"
