@@ -21,7 +21,8 @@ import rightfocus
 SRC = Path(rightfocus.__file__).resolve().parent
 
 LAYERS: list[set[str]] = [
-    {"_io", "_registry", "_modules", "hooks", "errors", "configs", "_images"},  # foundation
+    # foundation
+    {"_io", "_registry", "_modules", "hooks", "errors", "configs", "_images", "_events"},
     {"bayes"},
     {"attribution", "data", "models"},
     {"metrics", "analysis"},
@@ -40,9 +41,6 @@ EXCEPTIONS = {
     # training on the masks people painted: the overlay reads the feedback store (a folder of
     # masks that itself depends only on _io)
     ("rightfocus.data.feedback", "rightfocus.feedback.store"),
-    # a known debt, to remove: the Decoy MNIST curve figure reads TensorBoard events itself
-    # (pass the curves in instead)
-    ("rightfocus.viz.decoy", "rightfocus.engine.report"),
 }
 
 

@@ -89,7 +89,7 @@ def test_write_report_has_every_row_and_figure(runs_dir: Path, tmp_path: Path) -
     md = out["markdown"].read_text()
     for variant in ("color", "position"):
         assert page.count(f"<td>{variant}</td>") == 2
-        assert f"| {variant} | balanced_accuracy |" in md
+        assert re.search(rf"^\| {variant} +\| balanced_accuracy +\|", md, re.M)
     assert "<b>0.9100 ± 0.0100</b>" in page
     assert page.count("data:image/png;base64,") == len(out["figures"]) >= 1
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
@@ -144,3 +144,55 @@ def test_cli_report_misspellings_exit_2(runs_dir: Path) -> None:
         result = runner.invoke(app, ["report", str(runs_dir), *args])
         assert result.exit_code == 2, result.output
         assert "choose one of" in result.output or "the runs have" in result.output
+
+
+def test_flattening_matches_the_dotted_names(tmp_path: Path) -> None:
+    """Nested config and metrics become dotted columns: lists of mappings by position, other
+    lists as JSON text, empty sections vanish, and a metric wins over a config entry."""
+    run = tmp_path / "runs" / "exp" / "a"
+    run.mkdir(parents=True)
+    cfg = {
+        "data": {"dataset": "d", "options": {}},
+        "guidance": [{"name": "rrr", "lam": 10.0}, {"name": "bayes_feedback"}],
+        "optim": {"betas": [0.9, 0.99]},
+        "ece": "a config entry",
+    }
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    metrics = {"ece": 0.05, "calibration": {"bins": {"count": [1, 2]}}, "auc": None}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    runs = load_runs(tmp_path / "runs")
+    row = runs.iloc[0]
+    assert row["method"] == "rrr+bayes_feedback"
+    assert row["guidance.0.name"] == "rrr" and row["guidance.0.lam"] == 10.0
+    assert row["guidance.1.name"] == "bayes_feedback"
+    assert row["optim.betas"] == "[0.9, 0.99]"
+    assert row["calibration.bins.count"] == "[1, 2]"
+    assert row["ece"] == 0.05 and list(runs.columns).count("ece") == 1
+    assert not any(c.startswith("data.options") for c in runs.columns)
+    assert list(runs.columns[:2]) == ["run_dir", "method"]
+
+
+def test_tables_keep_every_cell_as_written(runs_dir: Path, tmp_path: Path) -> None:
+    """Markdown and HTML show each cell exactly as the table holds it (no number reformatting),
+    with the row keys on every row, bold as <b> in HTML, and names escaped."""
+    from rightfocus.engine.report import _table_html, _table_md
+
+    table = paper_table(
+        load_runs(runs_dir), ["balanced_accuracy", "overlap"],
+        column_order=["none", "bayes_feedback"],
+    )  # fmt: skip
+    lines = _table_md(table).splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header == ["data.variant", "metric", "none", "bayes_feedback"]
+    assert set(lines[1]) <= set("|:-")
+    body = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    expected = [[*key, *row] for key, row in zip(table.index, table.to_numpy().tolist())]
+    assert body == expected
+    assert body[0] == ["color", "balanced_accuracy", "0.5100 ± 0.0100", "**0.9100 ± 0.0100**"]
+    runs = load_runs(runs_dir)
+    single = paper_table(runs[runs["data.fold"] == 0], ["overlap"], column_order=list(METHODS))
+    assert "| 0.6000 " in _table_md(single)  # a number-like cell keeps its four decimals
+    page = _table_html(table.rename(columns={"none": "<none>"}))
+    assert "<th>&lt;none&gt;</th>" in page
+    assert "<td><b>0.9100 ± 0.0100</b></td>" in page and "**" not in page
+    assert page.count("<tr") == 1 + len(table)

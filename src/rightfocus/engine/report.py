@@ -3,8 +3,10 @@
 A run folder ``runs/<experiment>/<run>/`` holds ``config.yaml`` (the resolved config) and
 ``metrics.json`` (final test metrics), TensorBoard events and figures (``*.png``).
 :func:`load_runs` turns a tree of them into a pandas DataFrame with one row per run: the
-config flattened to dotted columns (``data.variant``, ``optim.lr``, ...), a ``method`` column
-naming the guidance ("none" when empty), and one column per metric.
+config flattened to dotted columns by ``pandas.json_normalize`` (``data.variant``,
+``optim.lr``, ``guidance.0.name``, ...), a ``method`` column naming the guidance ("none" when
+empty), and one column per metric. The tables are written by pandas too (``to_html``,
+``to_markdown``).
 
 Example (the thesis' question "best accuracy for gradcam++ on dogs with threshold 0.5"):
     >>> runs = load_runs("runs")  # doctest: +SKIP
@@ -18,14 +20,16 @@ import base64
 import html
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
 
-from rightfocus._io import atomic_write_text
+from rightfocus._events import training_curves
+from rightfocus._io import atomic_path, atomic_write_text
 from rightfocus.viz._save import pyplot, save_figure
 
 __all__ = [
@@ -41,18 +45,21 @@ __all__ = [
 LOWER_IS_BETTER = ("overlap", "ece", "mce", "nll", "brier", "loss", "follows_decoy")
 
 
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _nested(obj: Any) -> Any:
+    """``obj`` ready for ``pd.json_normalize``, which flattens mappings only: a list of mappings
+    becomes a mapping keyed by position (``guidance.0.name``), any other list its JSON text."""
     if isinstance(obj, Mapping):
-        for key, value in obj.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    if isinstance(obj, list) and obj and all(isinstance(v, Mapping) for v in obj):
-        for i, value in enumerate(obj):
-            out.update(_flatten(value, f"{prefix}{i}."))
-        return out
-    out[prefix[:-1]] = obj if not isinstance(obj, list) else json.dumps(obj)
-    return out
+        return {str(key): _nested(value) for key, value in obj.items()}
+    if isinstance(obj, list):
+        if obj and all(isinstance(v, Mapping) for v in obj):
+            return {str(i): _nested(v) for i, v in enumerate(obj)}
+        return json.dumps(obj)
+    return obj
+
+
+def _flat_table(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Nested records -> one row each, nested keys joined with dots."""
+    return pd.json_normalize([_nested(r) for r in records], sep=".")
 
 
 def _method_name(config: Mapping[str, Any]) -> str:
@@ -61,7 +68,8 @@ def _method_name(config: Mapping[str, Any]) -> str:
     return "+".join(names) if names else "none"
 
 
-def _read_run(run_dir: Path) -> dict[str, Any] | None:
+def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """``(config, metrics)`` of a finished run folder, None when either file is missing."""
     metrics_file, config_file = run_dir / "metrics.json", run_dir / "config.yaml"
     if not metrics_file.is_file() or not config_file.is_file():
         return None
@@ -73,28 +81,37 @@ def _read_run(run_dir: Path) -> dict[str, Any] | None:
             f"{run_dir} has an unreadable metrics.json or config.yaml ({err}); "
             "re-run `rightfocus evaluate` on it or delete the folder"
         ) from err
-    row: dict[str, Any] = {"run_dir": str(run_dir), "method": _method_name(config)}
-    row.update(_flatten(config))
-    row.update(_flatten(metrics))
-    return row
+    return config, metrics
 
 
 def load_runs(runs_dir: str | Path) -> pd.DataFrame:
-    """One row per finished run (a folder with ``metrics.json`` and ``config.yaml``)."""
+    """One row per finished run (a folder with ``metrics.json`` and ``config.yaml``): columns
+    ``run_dir``, ``method``, the flattened config, then the flattened metrics (a metric wins
+    over a config entry of the same name)."""
     root = Path(runs_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"Runs folder {root} does not exist")
-    rows = [
-        row
+    found = [
+        (metrics_file.parent, read)
         for metrics_file in sorted(root.rglob("metrics.json"))
-        if (row := _read_run(metrics_file.parent)) is not None
+        if (read := _read_run(metrics_file.parent)) is not None
     ]
-    if not rows:
+    if not found:
         raise ValueError(
             f"No finished runs under {root}: a run folder needs metrics.json and config.yaml "
             "(train with `rightfocus train CONFIG` first)"
         )
-    return pd.DataFrame(rows)
+    runs = pd.DataFrame(
+        {
+            "run_dir": [str(run_dir) for run_dir, _ in found],
+            "method": [_method_name(config) for _, (config, _) in found],
+        }
+    )
+    configs = _flat_table([config for _, (config, _) in found])
+    metrics = _flat_table([metrics for _, (_, metrics) in found])
+    configs = configs.drop(columns=[c for c in configs if c in metrics or c in runs])
+    return pd.concat([runs, configs, metrics.drop(columns=[c for c in metrics if c in runs])],
+                     axis=1)  # fmt: skip
 
 
 def select(runs: pd.DataFrame, **where: Any) -> pd.DataFrame:
@@ -174,21 +191,6 @@ def paper_table(
     return table
 
 
-def training_curves(run_dir: str | Path, tags: Iterable[str] | None = None) -> pd.DataFrame:
-    """Scalars from a run's TensorBoard event files as a long table (tag, step, value)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    rows: list[dict[str, Any]] = []
-    for events in sorted(Path(run_dir).rglob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags().get("scalars", []):
-            if tags is not None and tag not in set(tags):
-                continue
-            rows.extend({"tag": tag, "step": e.step, "value": e.value} for e in acc.Scalars(tag))
-    return pd.DataFrame(rows, columns=["tag", "step", "value"])
-
-
 def _curves_figure(runs: pd.DataFrame, out: Path) -> Path | None:
     plt = pyplot()
     tags = ("train/loss", "val/acc", "val/balanced_accuracy")
@@ -225,25 +227,23 @@ def _md_to_html_cell(text: str) -> str:
     return html.escape(text)
 
 
+def _as_text(table: pd.DataFrame) -> pd.DataFrame:
+    """The index levels as leading columns (a key on every row) and every cell as text."""
+    flat = table.reset_index() if any(n is not None for n in table.index.names) else table
+    return flat.astype(str)
+
+
 def _table_html(table: pd.DataFrame) -> str:
-    head = "".join(f"<th>{html.escape(str(n))}</th>" for n in table.index.names)
-    head += "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
-    body = []
-    for idx, row in table.iterrows():
-        keys = idx if isinstance(idx, tuple) else (idx,)
-        cells = "".join(f"<td>{html.escape(str(k))}</td>" for k in keys)
-        cells += "".join(f"<td>{_md_to_html_cell(str(v))}</td>" for v in row)
-        body.append(f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    """``DataFrame.to_html``; cells and names escaped, ``**bold**`` cells as ``<b>``."""
+    cells = _as_text(table)
+    cells = cells.map(_md_to_html_cell).rename(columns=lambda c: html.escape(str(c)))
+    return cells.to_html(index=False, escape=False, border=0)
 
 
 def _table_md(table: pd.DataFrame) -> str:
-    names = [str(n) for n in table.index.names] + [str(c) for c in table.columns]
-    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
-    for idx, row in table.iterrows():
-        keys = idx if isinstance(idx, tuple) else (idx,)
-        lines.append("| " + " | ".join([*map(str, keys), *map(str, row)]) + " |")
-    return "\n".join(lines)
+    """``DataFrame.to_markdown`` (a pipe table); cells are kept as written (no number
+    reformatting), so ``mean ± std`` and ``**bold**`` stay as they are."""
+    return _as_text(table).to_markdown(index=False, disable_numparse=True)
 
 
 _CSS = (
@@ -288,10 +288,6 @@ def _place_figure(fig: Path, out: Path) -> Path:
     that report.md's relative links resolve wherever the report is written."""
     if out in fig.parents:
         return fig
-    import shutil
-
-    from rightfocus._io import atomic_path
-
     target = out / "figures" / "_".join(fig.parts[-3:])  # run/figures/x.png: unique names
     if target.resolve() != fig.resolve():
         with atomic_path(target) as tmp:
@@ -415,8 +411,7 @@ def check_in_browser(
     Raises:
         FileNotFoundError: no ``chromium`` on PATH (``scripts/system-deps.sh`` installs it).
     """
-    import shutil
-
+    # Playwright is an optional, heavy dependency: imported only to open a browser
     from playwright.sync_api import sync_playwright
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -433,8 +428,6 @@ def check_in_browser(
             )
             shot = None
             if screenshot is not None:
-                from rightfocus._io import atomic_path
-
                 with atomic_path(Path(screenshot)) as tmp:
                     page.screenshot(path=str(tmp), full_page=True, type="png")
                 shot = Path(screenshot)

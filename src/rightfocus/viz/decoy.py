@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
+from rightfocus._events import training_curves as read_curves
 from rightfocus.viz._save import pyplot as _plt
 from rightfocus.viz._save import save_figure as _save
 from rightfocus.viz.heatmap import _image, to_heatmap
@@ -18,7 +19,7 @@ __all__ = ["explanation_grid", "reliability_grid", "training_curves", "uncertain
 
 def _outline(ax: object, mask: Tensor) -> None:
     """Red rectangle around the masked (decoy) pixels."""
-    import matplotlib.patches as patches
+    import matplotlib.patches as patches  # matplotlib is slow to import: only figures need it
 
     m = mask.reshape(mask.shape[-2], mask.shape[-1]) > 0
     if not bool(m.any()):
@@ -160,8 +161,6 @@ def training_curves(
 ) -> Path | None:
     """Validation accuracy and training loss per epoch, one colour per method: the mean over
     folds as a line, the min-max range over folds as a band. None when no run logged curves."""
-    from rightfocus.engine.report import training_curves as read_curves
-
     panels = (("val/acc", "validation accuracy"), ("val/loss", "validation loss"))
     data: dict[str, dict[str, list[np.ndarray]]] = {}
     for method, run_dirs in runs_by_method.items():
