@@ -8,10 +8,11 @@ config flattened to dotted columns by ``pandas.json_normalize`` (``data.variant`
 empty), and one column per metric. The tables are written by pandas too (``to_html``,
 ``to_markdown``).
 
-Example (the thesis' question "best accuracy for gradcam++ on dogs with threshold 0.5"):
+Example (the question "best accuracy of Proxy Attention with Grad-CAM++ and threshold 0.5"):
     >>> runs = load_runs("runs")  # doctest: +SKIP
-    >>> best_run(runs, "accuracy", **{"guidance.0.method": "gradcam_plus_plus",
-    ...          "data.dataset": "dogs", "guidance.0.threshold": 0.5})  # doctest: +SKIP
+    >>> best_run(runs, "accuracy", **{  # doctest: +SKIP
+    ...     "guidance.0.name": "proxy_attention", "guidance.0.method": "gradcam_plus_plus",
+    ...     "guidance.0.threshold": 0.5})
 """
 
 from __future__ import annotations
