@@ -216,3 +216,80 @@ def test_bayesian_lenet_at_the_papers_rho_and_lr_trains_on_the_bundled_digits() 
     with torch.no_grad():
         acc = float((bnn.eval()(xt).argmax(-1) == yt).float().mean())
     assert acc > 0.7, acc
+
+
+class _PlainSubclass(nn.Linear):
+    """A subclass that only adds an attribute: its forward is nn.Linear's."""
+
+    tag = "plain"
+
+
+class _SameConv(nn.Conv2d):
+    """A subclass with its own forward (here: a doubled output)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * super().forward(x)
+
+
+def test_subclasses_with_the_plain_forward_convert_and_others_are_refused_by_name() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), _PlainSubclass(2 * 26 * 26, 3))
+    bnn = bayes.to_bayesian(model, init="copy")
+    assert [type(m) for m in bayes.bayesian_layers(bnn)] == [BayesConv2d, BayesLinear]
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad(), hooks.sampling(bnn, False):
+        torch.testing.assert_close(bnn(x), model(x))
+    refused = nn.Sequential(nn.Linear(4, 4), nn.Sequential(_SameConv(1, 1, 1)))
+    with pytest.raises(ValueError, match=r"1\.0 \(_SameConv\) subclasses nn\.Conv2d with its own"):
+        bayes.to_bayesian(refused)
+
+
+def _check_mean_network_and_sampling(model: nn.Module, bnn: nn.Module, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        with hooks.sampling(bnn, False):
+            torch.testing.assert_close(bnn(x), model(x), rtol=1e-5, atol=1e-6)
+        with hooks.sampling(bnn, True):
+            assert not torch.allclose(bnn(x), bnn(x))
+    assert bool(torch.isfinite(bayes.kl(bnn)))
+
+
+def test_torchvision_vit_keeps_multihead_attention_deterministic() -> None:
+    """nn.MultiheadAttention reads its raw in_proj_weight and its out_proj's weights directly
+    (out_proj is a NonDynamicallyQuantizableLinear it never calls), so it stays as it is; the
+    patch conv, the MLPs and the head become Bayesian."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
+        num_classes=5,
+    ).eval()  # fmt: skip
+    bnn = bayes.to_bayesian(model, init="copy").eval()
+    names = {n for n, m in bnn.named_modules() if isinstance(m, (BayesConv2d, BayesLinear))}
+    assert names == {
+        "conv_proj", "heads.head",
+        *(f"encoder.layers.encoder_layer_{i}.mlp.{j}" for i in range(2) for j in (0, 3)),
+    }  # fmt: skip
+    for i in range(2):
+        attention = bnn.encoder.layers[i].self_attention
+        assert isinstance(attention, nn.MultiheadAttention)
+        assert type(attention.out_proj).__name__ == "NonDynamicallyQuantizableLinear"
+    _check_mean_network_and_sampling(model, bnn, torch.rand(2, 3, 32, 32))
+
+
+def test_timm_vit_attention_projections_become_bayesian() -> None:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.models.vision_transformer.VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, num_classes=5
+    ).eval()
+    linears = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    bnn = bayes.to_bayesian(model, init="copy").eval()
+    names = [n for n, m in bnn.named_modules() if isinstance(m, (BayesConv2d, BayesLinear))]
+    assert names == linears and "blocks.0.attn.qkv" in names and "blocks.1.attn.proj" in names
+    assert isinstance(bnn.blocks[0].norm1, nn.LayerNorm)  # LayerNorm stays deterministic
+    _check_mean_network_and_sampling(model, bnn, torch.rand(2, 3, 32, 32))
+
+
+def test_bayesian_layers_expose_their_mean_as_weight() -> None:
+    layer = BayesLinear(3, 2)
+    assert layer.weight is layer.mu_weight

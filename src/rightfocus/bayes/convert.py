@@ -1,6 +1,7 @@
 """Convert a model's ``Conv2d``/``Linear`` layers to Bayesian LRT layers and back.
 
-``to_bayesian(model)`` returns a copy in which every ``nn.Conv2d`` and ``nn.Linear`` is replaced by
+``to_bayesian(model)`` returns a copy in which every ``nn.Conv2d`` and ``nn.Linear`` (see
+:func:`to_bayesian` for subclasses and what stays deterministic) is replaced by
 a :class:`~rightfocus.bayes.layers.BayesConv2d` / :class:`~rightfocus.bayes.layers.BayesLinear`
 whose ``rho`` is the constant ``rho_init`` (the Bayesian-feedback paper starts from large
 variance, e.g. ``rho_init=-2`` on Decoy MNIST) and whose means are either
@@ -190,6 +191,41 @@ def _replace(model: nn.Module, swap: dict[int, nn.Module]) -> None:
                 setattr(parent, name, swap[id(child)])
 
 
+def _plain_forward(module: nn.Conv2d | nn.Linear) -> bool:
+    """Whether a ``Conv2d``/``Linear`` (or subclass) computes the plain convolution / affine map
+    (its class overrides neither ``forward`` nor ``_conv_forward``)."""
+    if isinstance(module, nn.Conv2d):
+        conv = type(module)
+        return conv.forward is nn.Conv2d.forward and conv._conv_forward is nn.Conv2d._conv_forward
+    return type(module).forward is nn.Linear.forward
+
+
+def _layers_to_convert(model: nn.Module) -> list[nn.Conv2d | nn.Linear]:
+    """The ``Conv2d``/``Linear`` layers (subclasses included) that :func:`to_bayesian` replaces;
+    the projections of ``nn.MultiheadAttention`` stay (it reads their weights directly, never
+    calling them). A subclass with its own forward is refused, naming it."""
+    inside_mha = {
+        id(m)
+        for mha in model.modules()
+        if isinstance(mha, nn.MultiheadAttention)
+        for m in mha.modules()
+    }
+    layers: list[nn.Conv2d | nn.Linear] = []
+    for name, module in model.named_modules():
+        if id(module) in inside_mha or not isinstance(module, (nn.Conv2d, nn.Linear)):
+            continue
+        if not _plain_forward(module):
+            base = "Conv2d" if isinstance(module, nn.Conv2d) else "Linear"
+            raise ValueError(
+                f"{name or 'the model'} ({type(module).__name__}) subclasses nn.{base} with its "
+                f"own forward, so its Bayesian form would compute something else. Replace it by "
+                f"a plain nn.{base} (or a module computing the same with one), or convert the "
+                "other parts of the model only."
+            )
+        layers.append(module)
+    return layers
+
+
 def to_bayesian(
     model: nn.Module,
     rho_init: float = -3.0,
@@ -204,10 +240,18 @@ def to_bayesian(
     (:func:`weights_loaded`: marked by ``load_weights_file`` / the zoo's ``weights=``,
     ``pretrained=True``, or :func:`mark_weights_loaded`) and uses the paper's init otherwise -
     pass ``init="copy"`` for a model you trained yourself. Every ``rho`` is ``rho_init`` (so
-    ``sigma = softplus(rho_init) + 1e-8``); the prior is ``N(0, prior_sigma^2)``. Only exact
-    ``nn.Conv2d``/``nn.Linear`` instances are converted (subclasses such as the output projection
-    inside ``nn.MultiheadAttention`` read ``.weight`` directly and are left alone). Layers shared
+    ``sigma = softplus(rho_init) + 1e-8``); the prior is ``N(0, prior_sigma^2)``. Layers shared
     between several parents stay shared. The original model is not changed.
+
+    Converted: every ``nn.Conv2d`` / ``nn.Linear``, subclasses included when their forward is
+    the plain one (a subclass with its own ``forward`` / ``_conv_forward`` is refused, naming
+    it), so the attention projections of timm and transformers ViTs (``qkv``, ``proj``,
+    ``q_proj`` ...) and their MLPs become Bayesian. Deterministic (point estimates): every other
+    parameter - normalisation layers (LayerNorm, BatchNorm, GroupNorm), class / distillation
+    tokens, position embeddings, layer-scale gammas, other convolutions (Conv1d, Conv3d,
+    transposed) - and the whole ``nn.MultiheadAttention`` (torchvision's ViT): its input
+    projection is a raw ``in_proj_weight`` parameter and it reads its ``out_proj`` weights
+    directly, never calling the layer, so neither can sample.
 
     Example:
         >>> from rightfocus.models import LeNet
@@ -225,7 +269,7 @@ def to_bayesian(
     rho_init = check_rho(rho_init)  # finite and <= MAX_RHO_INIT
     prior_sigma = check_prior(prior_sigma)
     copy_means = _check_init(init, model) == "copy"
-    targets = [m for m in model.modules() if type(m) in (nn.Conv2d, nn.Linear)]
+    targets = _layers_to_convert(model)
     if not targets:
         kind = "already Bayesian layers only" if is_bayesian(model) else "none"
         raise ValueError(
@@ -238,12 +282,12 @@ def to_bayesian(
         return to_bayesian(nn.Sequential(model), rho_init, prior_sigma, mode)[0]  # type: ignore[index]
     new_model = copy.deepcopy(model)
     swap: dict[int, nn.Module] = {}
-    for module in new_model.modules():
+    for module in _layers_to_convert(new_model):
         if id(module) in swap:
             continue
-        if type(module) is nn.Conv2d:
+        if isinstance(module, nn.Conv2d):
             swap[id(module)] = _bayes_conv(module, rho_init, prior_sigma, copy_means)
-        elif type(module) is nn.Linear:
+        else:
             swap[id(module)] = _bayes_linear(module, rho_init, prior_sigma, copy_means)
     for old_id, new in swap.items():
         old = next(m for m in new_model.modules() if id(m) == old_id)
