@@ -36,6 +36,7 @@ __all__ = [
     "MEMORY_BUDGET_ENV",
     "Attribution",
     "attribute",
+    "batched_vjp",
     "check_input",
     "images_per_pass",
     "input_gradient",
@@ -379,34 +380,43 @@ def input_gradient(
 
 def target_gradients(scores: Tensor, inp: Tensor, create_graph: bool = False) -> Tensor:
     """``d scores[:, k] / d inp`` for every column ``k`` of ``(N, K)`` scores from ONE forward
-    pass: ``(N, K, *inp.shape[1:])``.
-
-    The K vector-Jacobian products run as one batched backward pass: ``torch.func.vmap`` over
-    ``torch.autograd.grad``, whose batching rules fold the K cotangents into the batch axis of
-    each backward kernel (one convolution backward on ``K * N`` images; the legacy
-    ``is_grads_batched=True`` loops over K inside convolution and pooling backward). Where an
-    operation of the model has no batching rule, they run one after another on the retained
-    graph. Either way the forward pass is shared by the K targets.
-    """
+    pass: ``(N, K, *inp.shape[1:])`` (:func:`batched_vjp` with one-hot cotangents)."""
     K = scores.shape[1]
+    eye = torch.eye(K, dtype=scores.dtype, device=scores.device)
+    cotangents = eye[:, None, :].expand(K, scores.shape[0], K)
+    return batched_vjp(scores, inp, cotangents, create_graph).transpose(0, 1)
+
+
+def batched_vjp(
+    outputs: Tensor, inp: Tensor, cotangents: Tensor, create_graph: bool = False
+) -> Tensor:
+    """``v_k^T d outputs / d inp`` for K cotangents ``(K, *outputs.shape)``: ``(K, *inp.shape)``.
+
+    The K vector-Jacobian products run as one batched backward pass of the retained graph:
+    ``torch.func.vmap`` over ``torch.autograd.grad``, whose batching rules fold the K
+    cotangents into the batch axis of each backward kernel (one convolution backward on
+    ``K * N`` images; the legacy ``is_grads_batched=True`` loops over K inside convolution and
+    pooling backward). Custom backward rules (guided backpropagation, DeepLIFT, LRP) are
+    batched the same way. Where an operation has no batching rule, and with ``create_graph``,
+    they run one after another. Either way the forward pass is shared by the K products.
+    """
+    K = cotangents.shape[0]
     if K > 1 and not create_graph:
-        eye = torch.eye(K, dtype=scores.dtype, device=scores.device)
-        cotangents = eye[:, None, :].expand(K, scores.shape[0], K)
 
         def vjp(v: Tensor) -> Tensor:
-            return torch.autograd.grad(scores, inp, v, retain_graph=True)[0]
+            return torch.autograd.grad(outputs, inp, v, retain_graph=True)[0]
 
         try:
-            return torch.func.vmap(vjp)(cotangents).transpose(0, 1)
+            return torch.func.vmap(vjp)(cotangents)
         except RuntimeError:
-            pass  # no batching rule for some operation: one VJP per target below
-    grads_k = []
-    for k in range(K):
-        (g,) = torch.autograd.grad(
-            scores[:, k].sum(), inp, retain_graph=k < K - 1, create_graph=create_graph
-        )
-        grads_k.append(g)
-    return torch.stack(grads_k, dim=1)
+            pass  # no batching rule for some operation: one VJP per cotangent below
+    grads = [
+        torch.autograd.grad(
+            outputs, inp, cotangents[k], retain_graph=k < K - 1, create_graph=create_graph
+        )[0]
+        for k in range(K)
+    ]
+    return torch.stack(grads)
 
 
 def register_method(name: str) -> Callable[[A], A]:

@@ -45,8 +45,9 @@ from rightfocus.attribution.base import (
     pass_options,
     register_method,
     split_batch,
+    target_gradients,
 )
-from rightfocus.attribution.targets import Target, fix_target, select
+from rightfocus.attribution.targets import Target, fix_target, repeat_target, select
 
 __all__ = ["ELEMENTWISE", "DeepLift", "DeepShap", "deeplift_rules", "paired_deeplift"]
 
@@ -161,10 +162,13 @@ class _Rescale(torch.autograd.Function):
 
 
 def _unpool(shape: torch.Size, *parts: tuple[Tensor, Tensor]) -> Tensor:
-    """Scatter-add pooled ``(values, indices)`` back to the input positions (flat per plane)."""
+    """Scatter-add pooled ``(values, indices)`` back to the input positions (flat per plane).
+
+    Out of place, so that batched values (several targets' cotangents under ``vmap``) can be
+    scattered into the unbatched zeros."""
     flat = parts[0][0].new_zeros(*shape[:2], math.prod(shape[2:]))
     for values, indices in parts:
-        flat.scatter_add_(2, indices.flatten(2), values.flatten(2))
+        flat = flat.scatter_add(2, indices.flatten(2), values.flatten(2))
     return flat.view(shape)
 
 
@@ -435,7 +439,9 @@ def paired_deeplift(
     eps: float = 1e-10,
     create_graph: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """DeepLIFT attributions ``(x - ref) * m`` and score gaps ``t(x) - t(ref)`` of ``B`` pairs.
+    """DeepLIFT attributions ``(x - ref) * m`` and score gaps ``t(x) - t(ref)`` of ``B`` pairs
+    (``(B, K, ...)`` and ``(B, K)`` for a ``(B, K)`` class target: the K multipliers share both
+    passes, batched vector-Jacobian products through the paired backward rules).
 
     A reference pass (without autograd graph) records every nonlinearity's input and output;
     the input pass then pairs each nonlinearity with its reference values, and one backward
@@ -466,9 +472,13 @@ def paired_deeplift(
         pairing.check_consumed()
         fixed = fix_target(out, target)
         scores = select(out, fixed)
-        (grad,) = torch.autograd.grad(scores.sum(), xa, create_graph=create_graph)
+        if scores.dim() == 2:
+            grad = target_gradients(scores, xa, create_graph)
+        else:
+            (grad,) = torch.autograd.grad(scores.sum(), xa, create_graph=create_graph)
     gap = scores.detach() - select(out_ref, fixed).detach()
-    return (x - ref) * grad, gap
+    diff = x - ref
+    return (diff.unsqueeze(1) if grad.dim() > diff.dim() else diff) * grad, gap
 
 
 def _check_eps(eps: float) -> float:
@@ -538,7 +548,10 @@ class DeepLift(_Reference):
         )
         if not self.return_delta:
             return attr
-        return attr, attr.detach().flatten(1).sum(1) - gap
+        return attr, attr.detach().flatten(gap.dim()).sum(-1) - gap
+
+    def _attribute_multi(self, model: nn.Module, x: Tensor, targets: Tensor) -> Any:
+        return self._attribute(model, x, targets)  # the K targets share both passes
 
 
 @register_method("deepshap")
@@ -619,18 +632,22 @@ class DeepShap(_Reference):
         """DeepLIFT against every reference, ``pairs`` (image, reference) pairs per pass."""
         B, N = x.shape[0], refs.shape[0]
         per_pass = copies_per_pass(pairs, B, N)
-        total, gaps = torch.zeros_like(x), x.new_zeros(B)
+        total: Tensor | Any = 0.0
+        gaps: Tensor | Any = 0.0
         for start in range(0, N, per_pass):
             chunk = refs[start : start + per_pass]
             k = chunk.shape[0]
-            tgt = target.repeat(k) if isinstance(target, Tensor) else target
+            tgt = repeat_target(target, k)
             attr, gap = paired_deeplift(
                 model, x.repeat(k, 1, 1, 1), chunk.repeat_interleave(B, dim=0), tgt,
                 self.eps, self.create_graph,
             )  # fmt: skip
-            total = total + attr.view(k, *x.shape).sum(dim=0)
-            gaps = gaps + gap.view(k, B).sum(dim=0)
+            total = total + attr.view(k, B, *attr.shape[1:]).sum(dim=0)
+            gaps = gaps + gap.view(k, B, *gap.shape[1:]).sum(dim=0)
         attr = total / N
         if not self.return_delta:
             return attr
-        return attr, attr.detach().flatten(1).sum(1) - gaps / N
+        return attr, attr.detach().flatten(gaps.dim()).sum(-1) - gaps / N
+
+    def _attribute_multi(self, model: nn.Module, x: Tensor, targets: Tensor) -> Any:
+        return self._attribute(model, x, targets)  # the K targets share every pass

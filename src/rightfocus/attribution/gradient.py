@@ -23,7 +23,7 @@ from rightfocus.attribution.base import (
     register_method,
     split_batch,
 )
-from rightfocus.attribution.targets import Target, class_target, select
+from rightfocus.attribution.targets import Target, class_target, repeat_target, select
 
 __all__ = [
     "DeconvNet",
@@ -277,7 +277,7 @@ class IntegratedGradients(_Gradient):
             path = (base.unsqueeze(0) + a.view(k, 1, 1, 1, 1) * diff.unsqueeze(0)).reshape(
                 k * B, *x.shape[1:]
             )
-            tgt = _repeat(fixed, k)
+            tgt = repeat_target(fixed, k)
             grads = input_gradient(model, path, tgt, self.create_graph)
             w = weights[start : start + k].view(k, *([1] * grads.dim()))
             part = (grads.view(k, B, *grads.shape[1:]) * w).sum(dim=0)
@@ -290,13 +290,6 @@ class IntegratedGradients(_Gradient):
         with torch.no_grad():
             gap = select(model(x), fixed) - select(model(base), fixed)
         return attr, attr.detach().flatten(2 if multi else 1).sum(-1) - gap
-
-
-def _repeat(target: Any, k: int) -> Any:
-    """Targets for ``k`` stacked copies of a batch (class tensors repeat; callables pass)."""
-    if not isinstance(target, Tensor):
-        return target
-    return target.repeat(k, 1) if target.dim() == 2 else target.repeat(k)
 
 
 class _ReLURule(_Gradient):

@@ -51,7 +51,7 @@ from rightfocus.attribution._lrp_rules import (
     stabilize,
 )
 from rightfocus.attribution._unsupported import refuse_unsupported
-from rightfocus.attribution.base import Attribution, register_method
+from rightfocus.attribution.base import Attribution, batched_vjp, register_method
 from rightfocus.attribution.targets import Target, fix_target, select
 
 __all__ = [
@@ -402,9 +402,14 @@ class _PassFn(torch.autograd.Function):
 
 
 def _output_relevance(out: Tensor, target: Target, create_graph: bool) -> Tensor:
-    """``R = y ⊙ dS/dy`` at the output: the target logit, one-hot, for class targets."""
+    """``R = y ⊙ dS/dy`` at the output: the target logit, one-hot, for class targets;
+    ``(K, B, classes)``, one relevance per target, for a ``(B, K)`` class tensor."""
     fixed = fix_target(out, target)
     value = out if create_graph else out.detach()
+    if isinstance(fixed, Tensor) and fixed.dim() == 2:
+        idx = fixed.T.unsqueeze(2)  # (K, B, 1)
+        full = value.unsqueeze(0).expand(idx.shape[0], *value.shape)
+        return torch.zeros_like(full).scatter(2, idx, full.gather(2, idx))
     if isinstance(fixed, Tensor):
         idx = fixed[:, None]
         return torch.zeros_like(value).scatter(1, idx, value.gather(1, idx))
@@ -414,7 +419,11 @@ def _output_relevance(out: Tensor, target: Target, create_graph: bool) -> Tensor
 
 
 def _backward(out: Tensor, x: Tensor, r: Tensor, create_graph: bool) -> Tensor:
+    """The rules' backward pass of relevance ``r`` from ``out`` to ``x``; ``r`` of shape
+    ``(K, *out.shape)`` (several targets) gives ``(B, K, ...)`` from one forward pass."""
     try:
+        if r.dim() > out.dim():
+            return batched_vjp(out, x, r, create_graph).transpose(0, 1)
         (rel,) = torch.autograd.grad(out, x, r, create_graph=create_graph)
     except RuntimeError as err:
         if "inplace operation" not in str(err):
@@ -566,6 +575,9 @@ class LRP(Attribution):
         with torch.enable_grad(), hooks.patched_forwards(session.patches()):
             out = model(x_in)
             return _backward(out, x_in, _output_relevance(out, target, False), False)
+
+    def _attribute_multi(self, model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
+        return self._attribute(model, x, targets)  # the K relevances share the forward pass
 
     def _differentiable(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
         session = self._session(model, "record")

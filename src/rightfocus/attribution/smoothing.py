@@ -36,7 +36,7 @@ from rightfocus.attribution.base import (
     register_method,
     renamed_option,
 )
-from rightfocus.attribution.targets import Target, class_target
+from rightfocus.attribution.targets import Target, class_target, repeat_target
 
 __all__ = ["KINDS", "NoiseTunnel", "SmoothGrad", "SmoothGradSq", "VarGrad", "noise_tunnel"]
 
@@ -111,10 +111,7 @@ def noise_tunnel(
         eps = noise[start : start + per_pass]
         k = eps.shape[0]
         noisy = (x.unsqueeze(0) + eps).reshape(k * B, *x.shape[1:])
-        tgt: Target = target
-        if isinstance(target, Tensor):
-            tgt = target.repeat(k, 1) if target.dim() == 2 else target.repeat(k)
-        attr = explain(noisy, tgt)
+        attr = explain(noisy, repeat_target(target, k))
         if not isinstance(attr, Tensor) or attr.shape[0] != k * B:
             raise ValueError(
                 "The base method must return one attribution tensor per image; "

@@ -18,7 +18,15 @@ from typing import Union
 import torch
 from torch import Tensor
 
-__all__ = ["Target", "check_target", "class_target", "fix_target", "multi_target", "select"]
+__all__ = [
+    "Target",
+    "check_target",
+    "class_target",
+    "fix_target",
+    "multi_target",
+    "repeat_target",
+    "select",
+]
 
 Target = Union[None, int, Tensor, Callable[[Tensor], Tensor], list]  # noqa: UP007
 
@@ -151,3 +159,11 @@ def select(outputs: Tensor, target: Target) -> Tensor:
             f"got {got}"
         )
     return scores
+
+
+def repeat_target(target: Target, k: int) -> Target:
+    """The targets of ``k`` copies of a batch stacked copy-major (IG path points, noise draws,
+    references): ``(B,)`` and ``(B, K)`` class tensors repeat ``k`` times; others pass."""
+    if not isinstance(target, Tensor):
+        return target
+    return target.repeat(k, 1) if target.dim() == 2 else target.repeat(k)
