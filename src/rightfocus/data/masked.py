@@ -129,7 +129,7 @@ class OxfordPetMasks(PairedImageDataset):
         download: bool = False,
         **transform_options: Any,
     ) -> None:
-        from torchvision.datasets import OxfordIIITPet
+        from torchvision.datasets import OxfordIIITPet  # slow to import: only when used
 
         super().__init__(**transform_options)
         check_split(split)
@@ -176,7 +176,7 @@ SBD_CLASS_IDS: dict[str, int] = {"bird": 3, "bus": 6, "cat": 8, "dog": 12, "hors
 
 @functools.lru_cache(maxsize=8)
 def _sbd_segmentation(mat_path: str) -> np.ndarray:
-    from scipy.io import loadmat
+    from scipy.io import loadmat  # slow to import: only SBD's .mat files need it
 
     mat = loadmat(mat_path)
     try:
@@ -216,7 +216,7 @@ class SBDMasks(PairedImageDataset):
         download: bool = False,
         **transform_options: Any,
     ) -> None:
-        from torchvision.datasets import SBDataset
+        from torchvision.datasets import SBDataset  # slow to import: only when used
 
         super().__init__(**transform_options)
         check_split(split)
