@@ -129,13 +129,14 @@ def _variant_config(config: Any, variant: str) -> Any:
     return load_config_dict(raw)
 
 
-def _test_metrics(model: nn.Module, config: Any) -> dict[str, float]:
+def _test_metrics(model: nn.Module, config: Any) -> tuple[dict[str, float], Tensor, Tensor]:
+    """Test metrics of ``model`` on ``config``'s test set, with the probabilities and labels."""
     from rightfocus.engine.datamodule import ExperimentData
-    from rightfocus.engine.evaluate import evaluate_model
+    from rightfocus.engine.evaluate import evaluate_predictions
 
     dm = ExperimentData(config)
     dm.setup("test")
-    return evaluate_model(model, dm.test_dataloader(), config)
+    return evaluate_predictions(model, dm.test_dataloader(), config)
 
 
 def _explanations(
@@ -170,7 +171,7 @@ def analyse_run(
     clean MNIST, the clean baseline, is probed on every variant given). Written atomically to
     ``analysis.json`` / ``analysis.pt`` in the run folder; an up-to-date analysis is reused.
     """
-    from rightfocus.engine.run import load_run
+    from rightfocus.engine.run import load_run, load_test_predictions
 
     run_dir = Path(run_dir)
     out_file = run_dir / ANALYSIS_FILE
@@ -194,12 +195,20 @@ def analyse_run(
         probes = decoy_probes(variant, seed, config.data.root, config.data.max_test)
         cfg = config if own else _variant_config(config, variant)
         metrics_file = run_dir / "metrics.json"
+        saved: tuple[Tensor, Tensor] | None
         if own and metrics_file.is_file():
             metrics = json.loads(metrics_file.read_text())
+            saved = load_test_predictions(run_dir)
         else:
-            metrics = _test_metrics(model, cfg)
+            metrics, test_probs, test_labels = _test_metrics(model, cfg)
+            saved = (test_probs, test_labels)
         x, y = probes["test"]
-        probs = _probs(model, x, bayesian, mc, seed)
+        # reliability from the Monte-Carlo test predictions behind the metrics when they are of
+        # these images in this order (the whole test set), else from a pass of its own
+        if saved is not None and cfg.data.max_test is None and torch.equal(saved[1], y):
+            probs = saved[0]
+        else:
+            probs = _probs(model, x, bayesian, mc, seed)
         result[variant] = {
             "metrics": metrics,
             "diagnostics": reliance(model, probes, bayesian, 0, seed),

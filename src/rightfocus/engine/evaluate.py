@@ -23,7 +23,7 @@ from rightfocus.engine.config import Config
 from rightfocus.metrics.classification import classification_report
 from rightfocus.metrics.explanation import overlap
 
-__all__ = ["attribution_method", "evaluate_model", "layer_option"]
+__all__ = ["attribution_method", "evaluate_model", "evaluate_predictions", "layer_option"]
 
 
 def attribution_method(config: Config) -> tuple[str, dict[str, Any]]:
@@ -64,6 +64,17 @@ def evaluate_model(
     Runs without sampling noise for attributions (eval mode: Bayesian layers use their means)
     and with ``mc_samples`` sampled passes for the probabilities of Bayesian models.
     """
+    return evaluate_predictions(model, loader, config, device)[0]
+
+
+def evaluate_predictions(
+    model: nn.Module,
+    loader: DataLoader,
+    config: Config,
+    device: torch.device | str = "cpu",
+) -> tuple[dict[str, float], Tensor, Tensor]:
+    """:func:`evaluate_model`'s metrics with the ``(N, K)`` probabilities and ``(N,)`` labels
+    they were computed from (so later analyses need no second Monte-Carlo pass)."""
     ev = config.evaluation
     want_overlap = "overlap" in ev.metrics
     method, options = attribution_method(config) if want_overlap else ("", {})
@@ -85,9 +96,10 @@ def evaluate_model(
     missing = [m for m in ev.metrics if m not in metrics]
     if missing:
         raise KeyError(f"metrics {missing} are not computed; available: {', '.join(metrics)}")
-    return {k: metrics[k] for k in ev.metrics} | {
+    ordered = {k: metrics[k] for k in ev.metrics} | {
         k: v for k, v in metrics.items() if k not in ev.metrics
     }
+    return ordered, probs, y
 
 
 def _overlap(

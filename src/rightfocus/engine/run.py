@@ -7,9 +7,10 @@ A run folder ``<runs_dir>/<experiment>/<run>/`` holds::
                              once the run has a checkpoint, else replaced)
     batch_size.json          the batch size found by ``batch_size: auto`` (reused on resume)
     checkpoints/last.ckpt    every ``trainer.checkpoint_every_n_steps`` steps and epoch end
-    checkpoints/best.ckpt    best validation ``evaluation.monitor``
+    checkpoints/best.ckpt    best validation ``evaluation.monitor`` (weights only)
     tensorboard/             every loss term and metric (TensorBoard events)
     timing.json              seconds spent inside training steps (engine.timing)
+    test_predictions.pt      the test probabilities (N, K) and labels (N,) behind metrics.json
     metrics.json             final test metrics, a flat dict of floats (written last)
     figures/                 ``rightfocus explain`` grids, Proxy Attention figures
 
@@ -42,10 +43,25 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.tuner import Tuner
 from torch import nn
 
-from rightfocus._io import LockHeldError, atomic_write_json, atomic_write_text, exclusive_lock
+import rightfocus.data
+import rightfocus.guidance
+import rightfocus.models  # noqa: F401  (the three register the datasets, guidance, models)
+from rightfocus._io import (
+    LockHeldError,
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    exclusive_lock,
+)
+from rightfocus._registry import DATASETS, GUIDANCE, METHODS, MODELS
+from rightfocus.attribution import attribute
 from rightfocus.attribution.outputs import with_output
+from rightfocus.bayes import to_bayesian
 from rightfocus.engine.checkpoint import (
     BEST,
     LAST,
@@ -59,10 +75,13 @@ from rightfocus.engine.checkpoint import (
 )
 from rightfocus.engine.config import Config, ConfigError, config_diff, load_config, parse_yaml
 from rightfocus.engine.datamodule import ExperimentData
+from rightfocus.engine.evaluate import evaluate_predictions, layer_option
 from rightfocus.engine.module import GuidedModule
 from rightfocus.engine.timing import TIMING_FILE, StepTimer
 from rightfocus.engine.validate import validate_experiment, weights_file
 from rightfocus.guidance.base import Guidance
+from rightfocus.models.xdnn import to_xdnn
+from rightfocus.models.zoo import load_weights_file
 
 __all__ = [
     "RunConflictError",
@@ -78,6 +97,7 @@ __all__ = [
 ]
 
 CONFIG_FILE, METRICS_FILE, BATCH_FILE = "config.yaml", "metrics.json", "batch_size.json"
+PREDICTIONS_FILE = "test_predictions.pt"
 LOCK_FILE = ".lock"
 _TUNER_GLOB = ".scale_batch_size_*.ckpt"  # Lightning's batch-size search checkpoints
 # keys that may differ when a run is resumed (they do not change the results)
@@ -213,10 +233,6 @@ def _torch_flags_restored() -> Iterator[None]:
 def build_model(config: Config) -> nn.Module:
     """The configured model: zoo factory, weights file, X-DNN and Bayesian conversions, and the
     ``model.output`` selector (:func:`rightfocus.attribution.outputs.with_output`)."""
-    import rightfocus.data
-    import rightfocus.models  # noqa: F401
-    from rightfocus._registry import DATASETS, MODELS
-
     meta = DATASETS.metadata(config.data.dataset)
     m = config.model
     factory = MODELS.get(m.name)
@@ -232,16 +248,10 @@ def build_model(config: Config) -> nn.Module:
         kwargs["weights"] = weights
     model: nn.Module = factory(**kwargs)
     if weights is not None and not takes_weights:
-        from rightfocus.models.zoo import load_weights_file
-
         load_weights_file(model, weights)
     if m.xdnn:
-        from rightfocus.models.xdnn import to_xdnn
-
         model = to_xdnn(model)
     if m.bayesian:
-        from rightfocus.bayes import to_bayesian
-
         model = to_bayesian(model, rho_init=m.rho_init, prior_sigma=m.prior_sigma)
     # the model returns the selected logits tensor everywhere (training, guidance, metrics,
     # MC prediction, the studio); state_dict keys are unchanged
@@ -251,10 +261,6 @@ def build_model(config: Config) -> nn.Module:
 def build_guidance(config: Config) -> list[Guidance]:
     """Guidance objects from ``config.guidance``; dataset defaults fill ``pool`` (Bayesian
     feedback's mask resizing) and ``normalization`` (counterexample noise) when not given."""
-    import rightfocus.data
-    import rightfocus.guidance  # noqa: F401
-    from rightfocus._registry import DATASETS, GUIDANCE
-
     meta = DATASETS.metadata(config.data.dataset)
     out = []
     for spec in config.guidance:
@@ -272,8 +278,6 @@ def build_guidance(config: Config) -> list[Guidance]:
 def _callbacks(
     config: Config, run_dir: Path, has_val: bool, quiet: bool, guidance: Sequence[Guidance] = ()
 ) -> list[pl.Callback]:
-    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
-
     ckpt_dir = run_dir / "checkpoints"
     callbacks: list[pl.Callback] = [StepTimer()]
     if has_val:
@@ -285,6 +289,7 @@ def _callbacks(
                 monitor=monitor,
                 mode="min" if monitor == "val/loss" else "max",
                 save_top_k=1,
+                save_weights_only=True,  # only its weights are read; resumes use last.ckpt
                 auto_insert_metric_name=False,
                 enable_version_counter=False,
                 save_on_train_epoch_end=False,
@@ -298,16 +303,15 @@ def _callbacks(
     return callbacks
 
 
+class _Logger(TensorBoardLogger):
+    """TensorBoard events only: config.yaml already holds the hyperparameters."""
+
+    def save(self) -> None:
+        if self._experiment is not None:
+            self._experiment.flush()
+
+
 def _logger(run_dir: Path) -> Any:
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    class _Logger(TensorBoardLogger):
-        """TensorBoard events only: config.yaml already holds the hyperparameters."""
-
-        def save(self) -> None:
-            if self._experiment is not None:
-                self._experiment.flush()
-
     return _Logger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
 
 
@@ -377,8 +381,6 @@ def _batch_size(config: Config, run_dir: Path, module: GuidedModule, dm: Experim
     saved = run_dir / BATCH_FILE
     if saved.is_file():
         return int(json.loads(saved.read_text())["batch_size"])
-    from lightning.pytorch.tuner import Tuner
-
     tuner_trainer = pl.Trainer(
         max_epochs=1,
         accelerator=config.trainer.accelerator,
@@ -489,7 +491,7 @@ def _train_and_test(config: Config, quiet: bool) -> dict[str, float]:
         _load_selected(module.model, run_dir, config)
         dm.setup("test")
         device = trainer.strategy.root_device
-        metrics = _evaluate(module.model, dm, config, device)
+        metrics = _evaluate(module.model, dm, config, device, run_dir)
         timer = next(c for c in trainer.callbacks if isinstance(c, StepTimer))  # type: ignore[attr-defined]
         atomic_write_json(
             run_dir / TIMING_FILE,
@@ -525,13 +527,36 @@ def _load_selected(model: nn.Module, run_dir: Path, config: Config) -> Path:
 
 
 def _evaluate(
-    model: nn.Module, dm: ExperimentData, config: Config, device: torch.device | str
+    model: nn.Module,
+    dm: ExperimentData,
+    config: Config,
+    device: torch.device | str,
+    run_dir: Path,
 ) -> dict[str, float]:
-    from rightfocus.engine.evaluate import evaluate_model
-
+    """Test metrics; the probabilities and labels they came from go to ``test_predictions.pt``."""
     assert dm.test_dataset is not None
     model.eval()
-    return evaluate_model(model, dm.test_dataloader(), config, device)
+    metrics, probs, labels = evaluate_predictions(model, dm.test_dataloader(), config, device)
+    _save_predictions(run_dir, probs, labels)
+    return metrics
+
+
+def _save_predictions(run_dir: Path, probs: torch.Tensor, labels: torch.Tensor) -> None:
+    with atomic_path(run_dir / PREDICTIONS_FILE) as tmp:
+        torch.save({"probs": probs.float().cpu(), "labels": labels.long().cpu()}, tmp)
+
+
+def load_test_predictions(run_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The test probabilities ``(N, K)`` and labels ``(N,)`` behind a run's ``metrics.json``
+    (None when the run has not saved them, e.g. it is not finished)."""
+    path = Path(run_dir) / PREDICTIONS_FILE
+    if not (path.is_file() and (Path(run_dir) / METRICS_FILE).is_file()):
+        return None
+    saved = load_checkpoint(path)
+    probs, labels = saved.get("probs"), saved.get("labels")
+    if not isinstance(probs, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        raise CheckpointError(f"{path} holds no probs / labels tensors; delete it")
+    return probs, labels
 
 
 # --- evaluate and explain existing runs -----------------------------------------------------
@@ -561,8 +586,6 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, float]:
     run_dir = Path(run_dir)
     config, model = load_run(run_dir)
     dm = ExperimentData(config)
-    from rightfocus.engine.evaluate import evaluate_model
-
     with _run_lock(run_dir):
         if split == "test":
             dm.setup("test")
@@ -572,7 +595,9 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, float]:
             if dm.val_dataset is None:
                 raise ValueError("This run has no validation split (data.folds is 1)")
             loader = dm.eval_loader(dm.val_dataset)
-        metrics = evaluate_model(model, loader, config)
+        metrics, probs, labels = evaluate_predictions(model, loader, config)
+        if split == "test":
+            _save_predictions(run_dir, probs, labels)
         name = METRICS_FILE if split == "test" else f"metrics_{split}.json"
         atomic_write_json(run_dir / name, metrics)
     return metrics
@@ -587,10 +612,7 @@ def explain_run(
 ) -> Path:
     """Write a PNG grid (image with mask outline | one attribution per method) for the first
     ``n`` samples of ``split``; default ``<run>/figures/explain_<methods>.png``."""
-    from rightfocus._registry import METHODS
-    from rightfocus.attribution import attribute
-    from rightfocus.engine.evaluate import layer_option
-    from rightfocus.viz import attribution_grid
+    from rightfocus.viz import attribution_grid  # matplotlib, only when drawing
 
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
