@@ -113,14 +113,10 @@ def _index_masks(folder: Path, stems: list[str]) -> list[Path | None]:
     return [by_stem.get(s) for s in stems]
 
 
-class OxfordPetMasks(PairedImageDataset):
-    """Oxford-IIIT-Pet (37 breeds) through torchvision's files; mask = the trimap's background.
-
-    The trimap PNGs hold 1 = pet, 2 = background, 3 = not classified (the border); the mask is
-    ``trimap == 2`` (Parkhi et al. 2012; the paper masks the background). ``root`` is
-    torchvision's root (holding ``oxford-iiit-pet/``) or that folder itself; ``split="train"``
-    reads ``trainval.txt``, ``"test"`` reads ``test.txt``.
-    """
+class _TorchvisionMasks(PairedImageDataset):
+    """A dataset read through a torchvision dataset's files, with masks derived from its
+    annotations: ``root``, ``split`` (``"train"`` / ``"test"``), ``download``, then the
+    transform options. Subclasses build ``self.base`` and their index in :meth:`_read`."""
 
     def __init__(
         self,
@@ -129,11 +125,27 @@ class OxfordPetMasks(PairedImageDataset):
         download: bool = False,
         **transform_options: Any,
     ) -> None:
-        from torchvision.datasets import OxfordIIITPet  # slow to import: only when used
-
         super().__init__(**transform_options)
         check_split(split)
-        root = Path(root).expanduser()
+        self._read(Path(root).expanduser(), split, download)
+
+    def _read(self, root: Path, split: str, download: bool) -> None:
+        """Open the torchvision dataset under ``root`` and set ``targets`` and ``classes``."""
+        raise NotImplementedError
+
+
+class OxfordPetMasks(_TorchvisionMasks):
+    """Oxford-IIIT-Pet (37 breeds) through torchvision's files; mask = the trimap's background.
+
+    The trimap PNGs hold 1 = pet, 2 = background, 3 = not classified (the border); the mask is
+    ``trimap == 2`` (Parkhi et al. 2012; the paper masks the background). ``root`` is
+    torchvision's root (holding ``oxford-iiit-pet/``) or that folder itself; ``split="train"``
+    reads ``trainval.txt``, ``"test"`` reads ``test.txt``.
+    """
+
+    def _read(self, root: Path, split: str, download: bool) -> None:
+        from torchvision.datasets import OxfordIIITPet  # slow to import: only when used
+
         if root.name == "oxford-iiit-pet" and not (root / "oxford-iiit-pet").is_dir():
             root = root.parent
         tv_split = "trainval" if split == "train" else "test"
@@ -200,7 +212,7 @@ def _sbd_index(mat_paths: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
     return tuple(keep)
 
 
-class SBDMasks(PairedImageDataset):
+class SBDMasks(_TorchvisionMasks):
     """SBD (PASCAL VOC 2011 images) through torchvision's ``SBDataset`` files, 5-class subset.
 
     Keeps the images in which exactly one of bird, bus, cat, dog, horse appears (other VOC
@@ -209,18 +221,9 @@ class SBDMasks(PairedImageDataset):
     ``val.txt``.
     """
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        download: bool = False,
-        **transform_options: Any,
-    ) -> None:
+    def _read(self, root: Path, split: str, download: bool) -> None:
         from torchvision.datasets import SBDataset  # slow to import: only when used
 
-        super().__init__(**transform_options)
-        check_split(split)
-        root = Path(root).expanduser()
         image_set = "train" if split == "train" else "val"
         if not download and not (root / f"{image_set}.txt").is_file():
             raise ValueError(
