@@ -11,6 +11,7 @@ its reason (the same list is in docs/architecture.md).
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -136,3 +137,105 @@ def test_the_checker_sees_an_upward_import(tmp_path: Path, monkeypatch: pytest.M
         "metrics -> engine (rightfocus.engine.run)",
         "metrics -> engine (rightfocus.engine.run)",
     ]
+
+
+# --- imports inside functions --------------------------------------------------------------------
+
+#: Files (or folders, ending in "/") of ``src/rightfocus`` whose imports inside functions must
+#: each say why they are not at the top: a ``# heavy: ...`` (avoids a slow import, e.g. Lightning,
+#: pandas, torchvision on a path that does not need it) or ``# optional: ...`` (a package or
+#: platform module that may be missing) comment on the import's line or directly above it (one
+#: comment may head a block of consecutive imports). Every other import belongs at the top.
+EXPLAINED = (
+    "_images.py",
+    "_io.py",
+    "analysis/",
+    "bayes/inference.py",
+    "cli.py",
+    "data/base.py",
+    "data/classification.py",
+    "data/decoy_mnist.py",
+    "data/feedback.py",
+    "data/folders.py",
+    "data/mnist.py",
+    "data/splits.py",
+    "data/transforms.py",
+    "engine/config.py",
+    "engine/evaluate.py",
+    "engine/reproduce.py",
+    "engine/sweep.py",
+    "engine/sweep_spec.py",
+    "feedback/",
+    "metrics/calibration.py",
+    "metrics/classification.py",
+    "models/zoo.py",
+    "studio/",
+)
+_MARKER = re.compile(r"#\s*(heavy|optional):")
+
+
+def _function_imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
+    found: dict[int, ast.Import | ast.ImportFrom] = {}
+    for fn in ast.walk(tree):
+        if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import | ast.ImportFrom):
+                    found[id(node)] = node
+    return sorted(found.values(), key=lambda n: n.lineno)
+
+
+def _unexplained(path: Path) -> list[str]:
+    """``file:line: import`` for each function-level import without a heavy/optional comment."""
+    text = path.read_text()
+    lines = text.splitlines()
+    imports = _function_imports(ast.parse(text, str(path)))
+    covered = {i for n in imports for i in range(n.lineno, (n.end_lineno or n.lineno) + 1)}
+    bad = []
+    for node in imports:
+        if _MARKER.search(lines[node.lineno - 1]):
+            continue
+        j = node.lineno - 1  # 1-based line above the import; skip the imports of its block
+        while j in covered:
+            j -= 1
+        comment = []
+        while j >= 1 and lines[j - 1].strip().startswith("#"):
+            comment.append(lines[j - 1])
+            j -= 1
+        if not any(_MARKER.search(c) for c in comment):
+            bad.append(
+                f"{path.relative_to(SRC.parent)}:{node.lineno}: {lines[node.lineno - 1].strip()}"
+            )
+    return bad
+
+
+def _explained_files() -> list[Path]:
+    files = []
+    for entry in EXPLAINED:
+        target = SRC / entry
+        files += sorted(target.rglob("*.py")) if entry.endswith("/") else [target]
+    return files
+
+
+def test_imports_inside_functions_say_why() -> None:
+    """In the listed modules an import inside a function avoids a heavy or optional import,
+    and says so; everything else is imported at the top (so the import graph is visible)."""
+    missing = [str(f) for f in _explained_files() if not f.is_file()]
+    assert not missing, f"listed in EXPLAINED but missing: {missing}"
+    bad = [line for f in _explained_files() for line in _unexplained(f)]
+    assert not bad, (
+        "imports inside functions without a '# heavy: ...' / '# optional: ...' reason (move "
+        "them to the top of the module, or say why they cannot be there):\n" + "\n".join(bad)
+    )
+
+
+def test_the_import_reason_check_can_fail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pkg = tmp_path / "rightfocus"
+    pkg.mkdir()
+    (pkg / "m.py").write_text(
+        "def a():\n    # heavy: pandas\n    import pandas\n    import numpy\n"
+        "def b():\n    import json\n"
+        "def c():\n    import fcntl  # optional: POSIX only\n"
+        "def d():\n    x = 1  # heavy: not above an import\n    import os\n"
+    )
+    monkeypatch.setattr(sys.modules[__name__], "SRC", pkg)
+    assert [b.split(": ", 1)[1] for b in _unexplained(pkg / "m.py")] == ["import json", "import os"]

@@ -18,7 +18,7 @@ def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
     padding by ``r`` replicated pixels first (and cropping after) gives replicated borders and
     any kernel size on small images.
     """
-    # torchvision is slow to import and only the blur fills need it
+    # heavy: torchvision, only the blur fills need it
     from torchvision.transforms.v2.functional import gaussian_blur as tv_gaussian_blur
 
     if not sigma > 0:

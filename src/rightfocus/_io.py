@@ -146,7 +146,7 @@ def exclusive_lock(path: str | Path) -> Iterator[Path]:
     Raises:
         LockHeldError: another process (or another open of this process) holds the lock.
     """
-    import fcntl
+    import fcntl  # optional: POSIX only (file locks need fcntl)
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

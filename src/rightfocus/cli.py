@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -15,6 +16,7 @@ from typer.core import TyperGroup
 
 import rightfocus
 from rightfocus._registry import DATASETS, GUIDANCE, METHODS, MODELS
+from rightfocus.demo import run_demo
 from rightfocus.errors import UserError, one_line, user_message
 
 DEBUG_ENV = "RIGHTFOCUS_DEBUG"
@@ -163,7 +165,7 @@ def demo_cmd(
 
     Example: rightfocus demo --out demo_out
     """
-    from rightfocus.demo import run_demo
+    # heavy: the config schema (pydantic, OmegaConf, YAML); other commands need none of it
     from rightfocus.engine.validate import check_writable
 
     check_writable(out, "--out")
@@ -218,13 +220,14 @@ def train_cmd(
 
     Example: rightfocus train configs/decoy_mnist_color_lenet.yaml --set optim.lr=1e-3 --set run=lr3
     """
+    # heavy: the config schema (pydantic, OmegaConf, YAML); other commands need none of it
     from rightfocus.engine.config import load_config
     from rightfocus.engine.validate import validate_experiment
 
     cfg = load_config(config, set_ or [])
     validate_experiment(cfg)  # before importing Lightning: user errors come fast
 
-    from rightfocus.engine.run import run_experiment
+    from rightfocus.engine.run import run_experiment  # heavy: Lightning, after the checks
 
     metrics = run_experiment(cfg, quiet=quiet)
     if metrics:
@@ -240,7 +243,7 @@ def evaluate_cmd(
 
     Example: rightfocus evaluate runs/decoy_mnist_color/lenet --split test
     """
-    from rightfocus.engine.run import evaluate_run
+    from rightfocus.engine.run import evaluate_run  # heavy: Lightning
 
     _check_split(split)
     metrics = evaluate_run(run, split=split)
@@ -264,6 +267,7 @@ def explain_cmd(
 
     Example: rightfocus explain runs/decoy_mnist_color/lenet --method gradcam --method saliency
     """
+    # heavy: Lightning
     from rightfocus.engine.run import explain_run
     from rightfocus.engine.validate import check_methods, check_writable
 
@@ -296,9 +300,7 @@ def sweep_cmd(
 
     Example: rightfocus sweep configs/sweeps/decoy_lambda.yaml --dry-run
     """
-    from pathlib import Path
-
-    from rightfocus.engine.sweep import load_sweep, run_sweep
+    from rightfocus.engine.sweep import load_sweep, run_sweep  # heavy: Optuna, SQLAlchemy
 
     spec = load_sweep(sweep_file)
     if storage:
@@ -339,7 +341,7 @@ def report_cmd(
 
     Example: rightfocus report runs/reproduce-decoy-mnist --by data.variant
     """
-    from rightfocus.engine.report import write_report
+    from rightfocus.engine.report import write_report  # heavy: pandas
 
     try:
         paths = write_report(runs_dir, out, tables={"Results": metrics.split(",")}, row=by)
@@ -456,7 +458,7 @@ def studio_cmd(
 
     Example: rightfocus studio runs/decoy_mnist_position/lenet_bayes_feedback
     """
-    from rightfocus.studio import StudioSession, serve
+    from rightfocus.studio import StudioSession, serve  # heavy: FastAPI, Lightning
 
     if (run is None) == (config is None) or (config is not None and checkpoint is None):
         raise UserError("give a run folder, or --config FILE with --checkpoint FILE")

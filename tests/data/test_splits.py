@@ -17,9 +17,9 @@ from rightfocus.data import (
     fold_subsets,
     kfold_split,
 )
-from rightfocus.data.splits import dataset_labels, stored_labels
+from rightfocus.data.splits import _stratify_labels, dataset_labels, stored_labels
 from rightfocus.engine.config import load_config_dict
-from rightfocus.engine.datamodule import ExperimentData, _stratify_labels
+from rightfocus.engine.datamodule import ExperimentData
 
 
 @pytest.mark.parametrize("n,k", [(10, 3), (101, 3), (7, 7), (50, 5)])

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from rightfocus.engine.config import Config, ConfigError, load_config, load_config_dict
+from rightfocus.engine.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    load_config,
+    load_config_dict,
+)
 
 MIN = {"data": {"dataset": "decoy_mnist"}, "model": {"name": "lenet"}}
 
@@ -137,3 +143,41 @@ def test_example_configs_validate(path: Path) -> None:
     cfg = load_config(path)
     assert cfg.experiment and cfg.data.dataset and cfg.model.name
     assert path.read_text().startswith("#"), "each config starts with a documenting comment block"
+
+
+def test_set_parses_lists_bools_null_and_keeps_text_literal() -> None:
+    cfg = load_config_dict(
+        MIN,
+        [
+            "evaluation.metrics=[accuracy, f1]",
+            "model.bayesian=true",
+            "data.max_train=null",
+            "data.options={colour: false}",
+            "experiment=${not_interpolated}",
+            "optim.weight_decay=1e-4",
+        ],
+    )
+    assert cfg.evaluation.metrics == ["accuracy", "f1"] and cfg.model.bayesian is True
+    assert cfg.data.max_train is None and cfg.data.options == {"colour": False}
+    assert cfg.experiment == "${not_interpolated}"
+    assert isinstance(cfg.optim.weight_decay, float) and cfg.optim.weight_decay == 1e-4
+    raw = apply_overrides({}, ["a.b=1e-3", "a.c=[1, x]", "a.d=off", "e="])
+    assert raw == {"a": {"b": 1e-3, "c": [1, "x"], "d": False}, "e": ""}
+    assert isinstance(raw["a"]["b"], float)
+    with pytest.raises(ConfigError, match=r"must look like section\.key=value"):
+        load_config_dict(MIN, ["optim.lr"])
+    with pytest.raises(ConfigError, match="has an empty key"):
+        load_config_dict(MIN, ["optim..lr=1"])
+
+
+def test_base_merge_replaces_lists_and_merges_sections(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text(
+        "data: {dataset: decoy_mnist, options: {a: 1, b: 2}}\nmodel: {name: lenet}\n"
+        "evaluation: {metrics: [accuracy, f1, auc]}\n"
+    )
+    (tmp_path / "child.yaml").write_text(
+        "base: base.yaml\ndata: {options: {b: 3}}\nevaluation: {metrics: [nll]}\n"
+    )
+    cfg = load_config(tmp_path / "child.yaml", ["data.options.c=1e-3"])
+    assert cfg.data.options == {"a": 1, "b": 3, "c": 1e-3}
+    assert cfg.evaluation.metrics == ["nll"]  # a list is replaced, not merged

@@ -473,8 +473,15 @@ def test_shipped_sweeps_load_by_name() -> None:
     sorted((Path(__file__).parents[2] / "configs" / "sweeps").glob("*.yaml")),
     ids=lambda p: p.name,
 )
-def test_example_sweeps_are_valid(path: Path) -> None:
+def test_example_sweeps_are_valid(
+    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_dataset: Any
+) -> None:
+    monkeypatch.chdir(tmp_path)  # base configs that read files get a tiny copy of their data
     spec = load_sweep(path)
+    base = yaml.safe_load(Path(spec.config).read_text())
+    root = base.get("data", {}).get("root")
+    if root is not None:
+        write_dataset(base["data"]["dataset"], tmp_path / root)
     check_sweep(spec)
     if spec.sampler == "grid":
         trials = plan_trials(spec)

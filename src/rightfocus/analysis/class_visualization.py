@@ -188,6 +188,7 @@ def _gaussian_blur(images: Tensor, sigma: float) -> Tensor:
     The kernel spans ``±ceil(3 sigma)`` pixels, truncated to ``min(H, W) - 1`` so that
     reflect padding stays possible on small images.
     """
+    # heavy: torchvision, only the blur regulariser needs it
     from torchvision.transforms.functional import gaussian_blur as tv_blur
 
     radius = min(math.ceil(3 * sigma), min(images.shape[-2:]) - 1)

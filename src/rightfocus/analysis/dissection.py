@@ -19,6 +19,7 @@ from rightfocus._modules import conv_layers, resolve_layer
 from rightfocus.hooks import capture_activations, eval_mode
 
 if TYPE_CHECKING:
+    # heavy: pandas, only for the result table
     import pandas as pd
 
 __all__ = ["Dissection", "dissect", "unit_quantiles"]
@@ -291,6 +292,7 @@ def _concept_names(names: Sequence[str] | None, k: int) -> tuple[str, ...]:
 
 
 def _result(inter: Tensor, union: Tensor, thresholds: Tensor, names: tuple[str, ...]) -> Dissection:
+    # heavy: pandas, only for the result table
     import pandas as pd
 
     iou = torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))

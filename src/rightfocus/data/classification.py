@@ -97,12 +97,14 @@ def _register(
 
 # torchvision.datasets is slow to import: each builder imports its class when it is used.
 def _cifar100(root: str, split: str, download: bool, own: dict[str, Any]) -> Any:
+    # heavy: torchvision.datasets, only when this dataset is built
     from torchvision.datasets import CIFAR100
 
     return CIFAR100(root, train=split == "train", download=download)
 
 
 def _imagenette(root: str, split: str, download: bool, own: dict[str, Any]) -> Any:
+    # heavy: torchvision.datasets, only when this dataset is built
     from torchvision.datasets import Imagenette
 
     tv_split = "train" if split == "train" else "val"
@@ -110,6 +112,7 @@ def _imagenette(root: str, split: str, download: bool, own: dict[str, Any]) -> A
 
 
 def _food101(root: str, split: str, download: bool, own: dict[str, Any]) -> Any:
+    # heavy: torchvision.datasets, only when this dataset is built
     from torchvision.datasets import Food101
 
     return Food101(root, split=split, download=download)

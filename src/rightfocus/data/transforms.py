@@ -136,6 +136,7 @@ class PairedTransform:
         augment: str | None = None,
         extra: Callable[..., Any] | None = None,
     ) -> None:
+        # heavy: torchvision.transforms, only when a transform is built
         from torchvision.transforms import v2
 
         if augment not in AUGMENTATIONS:
@@ -160,6 +161,7 @@ class PairedTransform:
     def __call__(
         self, image: Image.Image | Tensor, mask: np.ndarray | Tensor
     ) -> tuple[Tensor, Tensor]:
+        # heavy: torchvision.transforms, only when a transform runs
         from torchvision import tv_tensors
         from torchvision.transforms.v2 import functional as TF
 

@@ -4,8 +4,10 @@ A config file is a mapping with the sections ``data``, ``model``, ``guidance``,
 ``optim``, ``trainer`` and ``evaluation`` plus the top-level keys
 ``experiment``, ``run`` and ``runs_dir`` (the run folder is ``<runs_dir>/<experiment>/<run>/``).
 ``base: other.yaml`` (relative to the file) extends another config: mappings are merged key by
-key, every other value (lists included) is replaced. Overrides are dotted paths with YAML values,
-``optim.lr=1e-3`` or ``guidance.0.lam=5e-5`` (list indices are numbers).
+key, every other value (lists included) is replaced (``OmegaConf.merge``). Overrides are dotted
+paths with YAML values, ``optim.lr=1e-3`` or ``guidance.0.lam=5e-5`` (list indices are numbers),
+set by ``OmegaConf.update``. Files, override values and sweep files are read by one YAML loader
+(:func:`parse_yaml`); ``${...}`` is not interpolated. pydantic validates the result.
 
 Unknown keys are errors naming the key, the allowed ones and the closest match; values are
 checked (types, ranges, choices) and reported by their dotted field name.
@@ -19,19 +21,21 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import inspect
 import re
 from collections.abc import Mapping, Sequence
 from difflib import get_close_matches
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rightfocus import configs as shipped_configs
-from rightfocus.errors import UserError
+from rightfocus._registry import DATASETS, GUIDANCE, METHODS, MODELS
+from rightfocus.errors import UserError, one_line
 
 __all__ = [
     "METRIC_NAMES",
@@ -43,7 +47,7 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "TrainerConfig",
-    "apply_override",
+    "apply_overrides",
     "config_diff",
     "load_config",
     "load_config_dict",
@@ -242,14 +246,23 @@ def parse_yaml(text: str, source: str = "<string>") -> Any:
         raise ConfigError(f"{source} is not valid YAML: {err}") from None
 
 
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+def _container(node: Any) -> Any:
+    """Plain Python dicts / lists of an OmegaConf node (``${...}`` kept as text, unresolved)."""
+    return OmegaConf.to_container(node, resolve=False)
+
+
+def _omega(raw: Mapping[str, Any], source: str) -> DictConfig:
+    try:
+        return OmegaConf.create(dict(raw))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{source}: {one_line(str(err))}") from None
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """``over`` merged into ``base`` by OmegaConf: sections merge key by key, any other value
+    (lists included) is replaced."""
+    merged = OmegaConf.merge(_omega(base, source), _omega(over, source))
+    return cast(dict[str, Any], _container(merged))
 
 
 def _read_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -273,46 +286,57 @@ def _read_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not isinstance(base, str):
         raise ConfigError(f"{path}: base must be a path to another YAML file, got {base!r}")
     parent = _read_file(path.parent / base, (*seen, path))
-    return _merge(parent, raw)
+    return _merge(parent, raw, str(path))
 
 
 # --- overrides ------------------------------------------------------------------------------------
 
 
 def _parse_value(text: str) -> Any:
+    """An override's value, read by the config files' YAML loader (``1e-3`` is a float,
+    ``[a, b]`` a list, ``true`` a bool, ``null`` None; an empty value is the empty string)."""
     return parse_yaml(text, f"override value {text!r}") if text.strip() else ""
 
 
-def apply_override(raw: dict[str, Any], override: str) -> None:
-    """Apply one ``dotted.path=value`` override in place (value parsed as YAML)."""
-    if "=" not in override:
-        raise ConfigError(f"Override {override!r} must look like section.key=value")
-    path, text = override.split("=", 1)
-    keys = [k for k in path.strip().split(".")]
-    if not all(keys):
-        raise ConfigError(f"Override {override!r} has an empty key in {path!r}")
-    node: Any = raw
+def _bad_index(raw: Any, keys: Sequence[str]) -> str | None:
+    """Where ``keys`` indexes a list out of range or by a non-number (None: nowhere)."""
+    node = raw
     for i, key in enumerate(keys):
-        last = i == len(keys) - 1
-        where = ".".join(keys[: i + 1])
         if isinstance(node, list):
             if not key.isdigit() or int(key) >= len(node):
-                raise ConfigError(
-                    f"Override {override!r}: {where} needs a list index in [0, {len(node) - 1}]"
-                )
-            if last:
-                node[int(key)] = _parse_value(text)
-            else:
-                node = node[int(key)]
-            continue
-        if not isinstance(node, dict):
-            raise ConfigError(f"Override {override!r}: {'.'.join(keys[:i])} is not a section")
-        if last:
-            node[key] = _parse_value(text)
-        else:
-            if node.get(key) is None:
-                node[key] = {}
+                where = ".".join(keys[: i + 1])
+                return f"{where} needs a list index in [0, {len(node) - 1}]"
+            node = node[int(key)]
+        elif isinstance(node, dict) and key in node:
             node = node[key]
+        else:
+            return None
+    return None
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """``raw`` with every ``dotted.path=value`` override set (OmegaConf's dotted update: list
+    items by index, missing sections created; the value parsed as YAML by :func:`parse_yaml`).
+
+    Raises:
+        ConfigError: an override without ``=``, with an empty key or a bad list index.
+    """
+    cfg = _omega(raw, "config")
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(f"Override {override!r} must look like section.key=value")
+        path, text = override.split("=", 1)
+        keys = path.strip().split(".")
+        if not all(keys):
+            raise ConfigError(f"Override {override!r} has an empty key in {path!r}")
+        bad = _bad_index(_container(cfg), keys)
+        if bad is not None:
+            raise ConfigError(f"Override {override!r}: {bad}")
+        try:
+            OmegaConf.update(cfg, ".".join(keys), _parse_value(text), merge=False)
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"Override {override!r}: {one_line(str(err))}") from None
+    return cast(dict[str, Any], _container(cfg))
 
 
 # --- validation and messages ----------------------------------------------------------------------
@@ -383,8 +407,8 @@ def _check_params(kind: str, name: str, target: Any, params: Mapping[str, Any]) 
 
 
 def _check_guidance(cfg: Config) -> None:
-    import rightfocus.guidance  # noqa: F401  (registers the guidance methods)
-    from rightfocus._registry import GUIDANCE
+    # heavy: registering the guidance methods imports torch and the attribution methods
+    import rightfocus.guidance  # noqa: F401
 
     for i, spec in enumerate(cfg.guidance):
         if spec.name not in GUIDANCE:
@@ -402,7 +426,6 @@ def _check_guidance(cfg: Config) -> None:
 
 def _check_guidance_config(cfg: Config) -> None:
     """Every guidance method checks its options and the whole config (``check_config``)."""
-    from rightfocus._registry import GUIDANCE
 
     whole = cfg.to_dict()
     for i, spec in enumerate(cfg.guidance):
@@ -413,8 +436,8 @@ def _check_guidance_config(cfg: Config) -> None:
 
 
 def _check_registries(cfg: Config) -> None:
-    import rightfocus.data  # noqa: F401  (registers datasets)
-    from rightfocus._registry import DATASETS, METHODS, MODELS
+    # heavy: registering the datasets imports torch and the data modules
+    import rightfocus.data  # noqa: F401
 
     for field, name, reg in (
         ("data.dataset", cfg.data.dataset, DATASETS),
@@ -458,9 +481,7 @@ def validate(raw: dict[str, Any], source: str = "config") -> Config:
 
 def load_config_dict(raw: Mapping[str, Any], overrides: Sequence[str] = ()) -> Config:
     """Validate an in-memory mapping after applying ``overrides`` (``"a.b=value"``)."""
-    data = copy.deepcopy(dict(raw))
-    for override in overrides:
-        apply_override(data, override)
+    data = apply_overrides(raw, overrides)
     return validate(data, "config" + (f" (with --set {', '.join(overrides)})" if overrides else ""))
 
 
@@ -471,9 +492,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
         ConfigError: for a missing file, bad YAML, an unknown key or an invalid value; the message
             names the dotted field.
     """
-    raw = _read_file(shipped_configs.resolve(path))
-    for override in overrides:
-        apply_override(raw, override)
+    raw = apply_overrides(_read_file(shipped_configs.resolve(path)), overrides)
     source = str(path) + (f" with --set {' '.join(overrides)}" if overrides else "")
     return validate(raw, source)
 

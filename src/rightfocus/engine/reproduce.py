@@ -24,9 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from rightfocus._registry import DATASETS
+from rightfocus.engine.config import load_config, load_config_dict
+from rightfocus.engine.decoy import ANALYSIS_FILE, analyse_run, load_tensors
 from rightfocus.engine.report import load_runs, paper_table, write_report
+from rightfocus.engine.run import run_experiment
 from rightfocus.engine.timing import TIMING_FILE
 from rightfocus.engine.validate import check_weights
+from rightfocus.viz import decoy as figs
 
 __all__ = [
     "DECOY_METHODS",
@@ -198,8 +205,6 @@ def decoy_mnist_configs(
     """Validated run configs of the Decoy MNIST reproduction: one per variant x method x fold
     (the methods of :data:`VARIANT_METHODS` that were asked for), then the clean baseline (the
     same model on undecoyed digits) per fold."""
-    from rightfocus.engine.config import load_config_dict
-
     _check_choices("variants", variants, DECOY_VARIANTS)
     _check_choices("methods", methods, (*DECOY_METHODS, RF_METHOD))
     configs = []
@@ -301,10 +306,6 @@ def _analyse_all(
     configs: Sequence[Any], variants: Sequence[str], log: Callable[[str], None]
 ) -> Any:
     """One row per (variant, method, fold): test metrics, decoy reliance, ECE / NLL."""
-    import pandas as pd
-
-    from rightfocus.engine.decoy import analyse_run
-
     rows = []
     for cfg in configs:
         clean = cfg.data.dataset != "decoy_mnist"
@@ -329,8 +330,6 @@ def _analyse_all(
 
 def _anchor_table(rows: Any, variants: Sequence[str]) -> Any:
     """Published accuracies beside ours (mean over folds, %), for the ross / cdep variants."""
-    import pandas as pd
-
     if not variants:
         return None
     ours = {"vanilla": "none", "RRR": "rrr", "RRR λ=1000": "rrr", "clean data": CLEAN}
@@ -361,9 +360,6 @@ def _decoy_figures(
 ) -> list[tuple[Path, str]]:
     """Per variant: explanation grid, reliability diagrams, explanation-uncertainty maps and
     training curves by method (see :mod:`rightfocus.viz.decoy`)."""
-    from rightfocus.engine.decoy import load_tensors
-    from rightfocus.viz import decoy as figs
-
     figures: list[tuple[Path, str]] = []
     for variant in variants:
         part = rows[rows["variant"] == variant]
@@ -425,8 +421,6 @@ def _decoy_figures(
 
 
 def _pooled_bins(run_dirs: Sequence[str], variant: str) -> dict[str, list[float]]:
-    from rightfocus.engine.decoy import ANALYSIS_FILE
-
     total: dict[str, list[float]] = {}
     for run_dir in run_dirs:
         bins = json.loads((Path(run_dir) / ANALYSIS_FILE).read_text())[variant]["reliability"]
@@ -462,8 +456,6 @@ def _config_file(name: str) -> Path:
 
 def _check_data(config: Any) -> None:
     """Build the test split once so a missing dataset fails before any training, clearly."""
-    from rightfocus._registry import DATASETS
-
     factory = DATASETS.get(config.data.dataset)
     try:
         factory(split="test", root=config.data.root, seed=config.data.seed)
@@ -476,8 +468,6 @@ def _check_data(config: Any) -> None:
 def _run_all(configs: Sequence[Any], log: Callable[[str], None]) -> tuple[list[float], float]:
     """Run every config; returns each run's wall time and the training-step seconds summed over
     the runs trained in this call (runs finished earlier are only read)."""
-    from rightfocus.engine.run import run_experiment
-
     seconds = []
     steps = 0.0
     for i, cfg in enumerate(configs, 1):
@@ -506,8 +496,6 @@ def reproduce_image_dataset(
     log: Callable[[str], None] = print,
 ) -> ReproduceResult:
     """ISIC / Oxford-IIIT-Pet / SBD: no feedback, Bayesian feedback, counterexamples x 3 folds."""
-    from rightfocus.engine.config import load_config
-
     if name not in IMAGE_EXPERIMENTS:
         raise ValueError(
             f"Unknown experiment {name!r}; choose decoy-mnist, {', '.join(IMAGE_EXPERIMENTS)}"
@@ -593,8 +581,6 @@ def reproduce_proxy_attention(
     ``data.root`` (``--set``) at the dataset. The ablation grid (threshold, weight, subset) is a
     sweep: see ``configs/sweeps/proxy_attention_ablation.yaml``.
     """
-    from rightfocus.engine.config import load_config
-
     path = Path(config) if config else _config_file("proxy_attention_cifar100_resnet18.yaml")
     start = time.perf_counter()
     configs = []

@@ -47,8 +47,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from rightfocus._io import atomic_write_json
+from rightfocus.engine.config import load_config
 from rightfocus.engine.sweep_spec import (
     RangeParam,
     Run,
@@ -64,7 +67,7 @@ from rightfocus.engine.sweep_spec import (
     set_args,
     storage_url,
 )
-from rightfocus.errors import one_line
+from rightfocus.errors import one_line, user_message
 
 __all__ = [
     "BEST_FILE",
@@ -131,9 +134,6 @@ def _storage(spec: SweepSpec, sweep_dir: Path) -> optuna.storages.RDBStorage:
     Workers starting together on a fresh database race to create Optuna's tables; the
     losers see a unique-key / already-exists error and retry once the winner is done.
     """
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
-
     url = storage_url(spec.storage) if spec.storage else None
     url = url or f"sqlite:///{(sweep_dir / 'sweep.db').resolve()}"
     for attempt in range(5):
@@ -591,9 +591,8 @@ def _child(argv: Sequence[str]) -> int:
     """``python -m rightfocus.engine.sweep CONFIG --set k=v ...``: train (or resume) the run,
     then evaluate its selected checkpoint on the validation split (``metrics_val.json``).
     A user error is one ``error: ...`` line on stderr and exit code 2, as in the CLI."""
-    from rightfocus.engine.config import load_config
+    # heavy: Lightning; only the child process trains, the coordinating process never does
     from rightfocus.engine.run import evaluate_run, run_experiment
-    from rightfocus.errors import user_message
 
     if not argv or len(argv) % 2 != 1 or any(a != "--set" for a in argv[1::2]):
         usage = "usage: python -m rightfocus.engine.sweep CONFIG [--set key=value]..."

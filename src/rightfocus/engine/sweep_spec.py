@@ -31,6 +31,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from rightfocus import configs
+from rightfocus.engine.config import ConfigError, load_config, parse_yaml
+from rightfocus.engine.validate import check_writable, validate_experiment
 from rightfocus.errors import UserError, one_line
 
 __all__ = [
@@ -200,9 +203,6 @@ def load_sweep(path: str | Path) -> SweepSpec:
     Raises:
         SweepError: a missing or malformed file; the one-line message says what to change.
     """
-    from rightfocus import configs
-    from rightfocus.engine.config import ConfigError, parse_yaml
-
     path = configs.resolve(path)
     if not path.is_file():
         shipped = [n for n in configs.names() if n.startswith("sweeps/")]
@@ -290,8 +290,6 @@ def check_sweep(spec: SweepSpec, sweep_dir: str | Path | None = None) -> None:
     Raises:
         SweepError: naming the param value (or objective, or URL) and what to do.
     """
-    from rightfocus.engine.config import ConfigError, load_config
-
     try:
         base = load_config(spec.config)
     except ConfigError as err:
@@ -307,8 +305,6 @@ def check_sweep(spec: SweepSpec, sweep_dir: str | Path | None = None) -> None:
             f"objective {spec.objective!r} is not one of the base config's evaluation.metrics "
             f"({', '.join(metrics)}); choose one of them or add it there"
         )
-    from rightfocus.engine.validate import check_writable, validate_experiment
-
     if sweep_dir is not None:
         check_writable(sweep_dir, "The sweep folder (--out)")
     for params in _candidates(spec):
@@ -333,6 +329,7 @@ def storage_url(url: str) -> str:
         SweepError: the URL cannot be parsed, names an unknown database, or its driver is not
             installed.
     """
+    # heavy: SQLAlchemy (Optuna's storage layer), needed only for a --storage URL
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 

@@ -18,6 +18,7 @@ Every run is an ordinary run folder, so an interrupted experiment resumes.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -27,6 +28,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+
+from rightfocus._io import atomic_write_json, atomic_write_text
+from rightfocus.engine.config import load_config_dict
+from rightfocus.engine.datamodule import build_dataset
+from rightfocus.engine.evaluate import layer_option
+from rightfocus.engine.reproduce import ReproduceResult
+from rightfocus.engine.run import load_run, run_experiment
+from rightfocus.feedback.store import FeedbackStore, image_sha256
+from rightfocus.feedback.strategies import STRATEGIES, rank, score_pool
+from rightfocus.viz._save import pyplot, save_figure
 
 __all__ = ["ACTIVE_STRATEGIES", "ActiveSettings", "active_base", "reproduce_active_feedback"]
 
@@ -80,10 +92,6 @@ def active_base(settings: ActiveSettings, seed: int = 8434) -> dict[str, Any]:
 def _config(
     raw: dict[str, Any], run: str, runs_dir: Path, overrides: Sequence[str], **extra: Any
 ) -> Any:
-    import copy
-
-    from rightfocus.engine.config import load_config_dict
-
     r = copy.deepcopy(raw)
     r["runs_dir"] = str(runs_dir)
     r["run"] = run
@@ -98,8 +106,6 @@ def _config(
 
 def _oracle(store_dir: Path, pool: Any, indices: Sequence[int], strategy: str, run: str) -> None:
     """The simulated annotator: saves each image's true decoy mask."""
-    from rightfocus.feedback.store import FeedbackStore, image_sha256
-
     store = FeedbackStore(store_dir)
     for i in indices:
         x, _, m = pool[int(i)][:3]
@@ -119,10 +125,6 @@ def _oracle(store_dir: Path, pool: Any, indices: Sequence[int], strategy: str, r
 def _select(
     run_dir: Path, pool: Any, candidates: np.ndarray, strategy: str, k: int, seed: int
 ) -> list[int]:
-    from rightfocus.engine.evaluate import layer_option
-    from rightfocus.engine.run import load_run
-    from rightfocus.feedback.strategies import rank, score_pool
-
     config, model = load_run(run_dir)
     scores = score_pool(
         model,
@@ -173,14 +175,6 @@ def reproduce_active_feedback(
 ) -> Any:
     """Run the experiment (resuming finished runs) and write ``results.json``, ``curves.png``
     and ``report.md`` into ``runs_dir``; returns a ``ReproduceResult``."""
-    import pandas as pd
-
-    from rightfocus._io import atomic_write_json, atomic_write_text
-    from rightfocus.engine.datamodule import build_dataset
-    from rightfocus.engine.reproduce import ReproduceResult
-    from rightfocus.engine.run import run_experiment
-    from rightfocus.feedback.strategies import STRATEGIES
-
     s = settings or (QUICK if quick else FULL)
     s = ActiveSettings(
         tuple(strategies) if strategies else s.strategies,
@@ -343,8 +337,6 @@ def reproduce_active_feedback(
 
 
 def _table(frame: Any) -> Any:
-    import pandas as pd
-
     out: dict[tuple[str, str], dict[str, str]] = {}
     for name, part in frame.groupby("strategy", sort=False):
         for metric in ("accuracy", "overlap"):
@@ -364,13 +356,7 @@ def _plot(
     n70: int,
     path: Path,
 ) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from rightfocus._io import atomic_path
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for name, part in frame.groupby("strategy", sort=False):
         axes[0].plot(part.annotated, part.accuracy, marker="o", label=name)
@@ -384,7 +370,4 @@ def _plot(
     axes[1].set_ylabel("decoy overlap (lower is better)")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110, fmt="png")

@@ -221,7 +221,7 @@ class FeedbackStore:
         self.root.mkdir(parents=True, exist_ok=True)
         with self._lock, open(self.root / ".lock", "a+b") as fh:
             try:
-                import fcntl
+                import fcntl  # optional: POSIX only (Windows: the thread lock alone)
 
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             except ImportError:  # pragma: no cover - Windows: the thread lock only

@@ -33,6 +33,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from rightfocus.attribution import attribute
+from rightfocus.bayes import is_bayesian
+from rightfocus.bayes.inference import predict_probs
+from rightfocus.metrics.uncertainty import explanation_uncertainty
+
 __all__ = [
     "STRATEGIES",
     "disagreement",
@@ -170,10 +175,6 @@ def score_pool(
             layer of a CAM). masks: pool index -> existing mask (``overlap``; None: use the
             dataset's own mask). mc_samples: posterior samples for Bayesian models.
     """
-    from rightfocus.attribution import attribute
-    from rightfocus.bayes import is_bayesian
-    from rightfocus.bayes.inference import predict_probs
-
     if strategy not in STRATEGIES:
         raise ValueError(f"Unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     indices = [int(i) for i in indices]
@@ -199,8 +200,6 @@ def score_pool(
             elif strategy == "least_confident":
                 s = least_confident(probs)
             elif strategy == "uncertainty":
-                from rightfocus.metrics.uncertainty import explanation_uncertainty
-
                 eu = explanation_uncertainty(
                     model,
                     x,

@@ -16,7 +16,9 @@ import torch
 from torch import nn
 
 from rightfocus._registry import MODELS
+from rightfocus.bayes.convert import mark_weights_loaded
 from rightfocus.models.lenet import LeNet, LeNet5
+from rightfocus.models.xdnn import XResNet, to_xdnn
 
 __all__ = ["build_model", "load_weights_file"]
 
@@ -53,9 +55,8 @@ def load_weights_file(model: nn.Module, path: str | Path, strict: bool = True) -
     if not isinstance(state, dict):
         raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
     model.load_state_dict(state, strict=strict)
-    from rightfocus.bayes.convert import mark_weights_loaded  # to_bayesian then keeps them
 
-    return mark_weights_loaded(model)
+    return mark_weights_loaded(model)  # to_bayesian then keeps these weights
 
 
 def build_model(name: str, **kwargs: object) -> nn.Module:
@@ -88,6 +89,7 @@ class _StateHolder(nn.Module):
 
 def _download_state(arch: str) -> dict[str, torch.Tensor]:
     """ImageNet weights through torchvision's download (cached under ``$TORCH_HOME``)."""
+    # heavy: torchvision.models, only the torchvision-backed entries need it
     from torchvision import models as tvm
 
     enum = {"alexnet": tvm.AlexNet_Weights, "vgg16": tvm.VGG16_Weights}[arch]
@@ -132,6 +134,7 @@ def _torchvision_model(
     pretrained: bool,
     load_biases: bool,
 ) -> nn.Module:
+    # heavy: torchvision.models, only the torchvision-backed entries need it
     from torchvision import models as tvm
 
     min_size = {"alexnet": 63, "vgg16": 32}[arch]
@@ -155,8 +158,6 @@ def _torchvision_model(
     elif pretrained:
         _load_partial(model, _download_state(arch), load_biases)
     if weights is not None or pretrained:
-        from rightfocus.bayes.convert import mark_weights_loaded  # to_bayesian keeps them
-
         mark_weights_loaded(model)
     return model
 
@@ -192,8 +193,6 @@ def xalexnet(
     pretrained: bool = False,
 ) -> nn.Module:
     """X-AlexNet: AlexNet with every bias removed (Hesse et al. 2021); same weight options."""
-    from rightfocus.models.xdnn import to_xdnn
-
     return to_xdnn(alexnet(num_classes, in_channels, image_size, weights, pretrained))
 
 
@@ -206,8 +205,6 @@ def xvgg16(
     pretrained: bool = False,
 ) -> nn.Module:
     """X-VGG16: torchvision's VGG16 (no BatchNorm) with every bias removed (Hesse et al. 2021)."""
-    from rightfocus.models.xdnn import to_xdnn
-
     model = _torchvision_model(
         "vgg16", num_classes, in_channels, image_size, weights, pretrained, True
     )
@@ -228,8 +225,6 @@ def xresnet(
     The registered ``target_layer`` is for the default ``layers``; in general it is
     ``f"layer4.{layers[3] - 1}.conv2"`` (also what ``_modules.last_conv`` finds).
     """
-    from rightfocus.models.xdnn import XResNet
-
     return XResNet(num_classes, in_channels, image_size, layers, width, zero_init)
 
 
@@ -243,6 +238,7 @@ def resnet18(
     """torchvision's ResNet-18 (random init, or a local state-dict file via ``weights``; tensors
     whose shape does not fit, e.g. the classifier for another class count, keep their init).
     Used by the Proxy Attention CIFAR-100 experiment; last conv ``layer4.1.conv2``."""
+    # heavy: torchvision.models, only the torchvision-backed entries need it
     from torchvision import models as tvm
 
     if image_size < 32:

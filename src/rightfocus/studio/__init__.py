@@ -51,6 +51,7 @@ def serve(
 ) -> None:
     """Serve the studio until interrupted. A non-loopback ``host`` gets a generated token
     (printed once in the URL) unless one is given; ``port=0`` picks a free port."""
+    # heavy: uvicorn, only when serving
     import uvicorn
 
     if token is None and not is_loopback(host):

@@ -13,14 +13,19 @@ import secrets
 import time
 from importlib import resources
 from typing import Any
+from urllib.parse import parse_qs
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from rightfocus.feedback.store import ConflictError, MaskError
+from rightfocus.engine.config import ConfigError
+from rightfocus.feedback.store import ConflictError, MaskError, image_sha256
+from rightfocus.feedback.strategies import STRATEGIES
+from rightfocus.studio.compare import after_session, comparison
 from rightfocus.studio.render import heatmap_png, image_png, png_bytes
+from rightfocus.studio.retrain import GUIDANCE_CHOICES, start_retrain
 from rightfocus.studio.session import NotInPoolError, StudioSession
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]
@@ -56,8 +61,6 @@ class _Guard:
                 if name == TOKEN_COOKIE:
                     given = value
         if given is None:
-            from urllib.parse import parse_qs
-
             given = (parse_qs(scope.get("query_string", b"").decode()).get("token") or [None])[0]
         return given is not None and secrets.compare_digest(given.encode(), self.token.encode())
 
@@ -210,9 +213,6 @@ def create_app(
     @app.get("/api/session")
     def info() -> dict[str, Any]:
         """The run, its checkpoint, the methods, strategies and guidance one can choose."""
-        from rightfocus.feedback.strategies import STRATEGIES
-        from rightfocus.studio.retrain import GUIDANCE_CHOICES
-
         return {
             "run": session.run_name,
             "checkpoint_sha256": session.checkpoint_sha256,
@@ -315,7 +315,6 @@ def create_app(
             )
         mask = _decode_mask(body.mask, (h, w), "mask")
         right = None if body.right is None else _decode_mask(body.right, (h, w), "right mask")
-        from rightfocus.feedback.store import image_sha256
 
         try:
             rec = session.store.save(
@@ -342,9 +341,6 @@ def create_app(
     @app.post("/api/retrain")
     def retrain(body: RetrainRequest) -> dict[str, Any]:
         """Start a run derived from the original config with the stored masks (background)."""
-        from rightfocus.engine.config import ConfigError
-        from rightfocus.studio.retrain import start_retrain
-
         try:
             job = start_retrain(session, body.guidance, body.lam, body.epochs)
         except (ValueError, ConfigError) as err:
@@ -361,8 +357,6 @@ def create_app(
     @app.get("/api/compare/{job}")
     def compare(job: str) -> dict[str, Any]:
         """Metrics before/after and overlap on the annotated images."""
-        from rightfocus.studio.compare import comparison
-
         j = session.jobs.get(job)
         if j is None:
             raise HTTPException(404, f"no retrain {job!r} in this session")
@@ -372,8 +366,6 @@ def create_app(
 
     @app.get("/api/compare/{job}/{which}/{index}/explanation.png", response_class=Response)
     def compare_image(job: str, which: str, index: int, method: str = "saliency") -> Response:
-        from rightfocus.studio.compare import after_session
-
         j = session.jobs.get(job)
         if j is None or which not in ("before", "after"):
             raise HTTPException(404, "unknown retrain or side (before/after)")

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from rightfocus.engine.evaluate import attribution_method
+from rightfocus.feedback.strategies import mask_overlap
 from rightfocus.studio.session import StudioSession
 
 __all__ = ["METRICS", "after_session", "annotated_overlap", "comparison"]
@@ -26,9 +28,6 @@ def after_session(session: StudioSession, job: Any) -> StudioSession:
 def annotated_overlap(session: StudioSession, indices: list[int]) -> float | None:
     """Mean ``sum(m |a|) / sum(|a|)`` over the annotated images, with the run's evaluation
     attribution (``evaluation.attribution``) for the label and the stored mask ``m``."""
-    from rightfocus.engine.evaluate import attribution_method
-    from rightfocus.feedback.strategies import mask_overlap
-
     if not indices:
         return None
     method, _ = attribution_method(session.config)

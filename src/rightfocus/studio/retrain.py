@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rightfocus.engine.checkpoint import LAST, load_checkpoint
+from rightfocus.engine.config import load_config
+
 __all__ = ["GUIDANCE_CHOICES", "RetrainJob", "derived_overrides", "start_retrain"]
 
 GUIDANCE_CHOICES = ("rrr", "bayes_feedback", "counterexamples")
@@ -29,8 +32,6 @@ def derived_overrides(
     session: Any, guidance: str, lam: float | None, epochs: int | None
 ) -> tuple[str, list[str]]:
     """The derived run's name and ``--set`` overrides (validated by loading the config)."""
-    from rightfocus.engine.config import load_config
-
     if guidance not in GUIDANCE_CHOICES:
         raise ValueError(f"guidance must be one of {', '.join(GUIDANCE_CHOICES)}, got {guidance!r}")
     if guidance == "bayes_feedback" and not session.bayesian:
@@ -84,8 +85,6 @@ class RetrainJob:
     _mtime: float = 0.0
 
     def _progress(self) -> int:
-        from rightfocus.engine.checkpoint import LAST, load_checkpoint
-
         last = self.run_dir / "checkpoints" / LAST
         try:
             mtime = last.stat().st_mtime

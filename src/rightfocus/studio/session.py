@@ -18,8 +18,20 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rightfocus.engine.config import Config
+from rightfocus._registry import DATASETS, METHODS
+from rightfocus.attribution import attribute
+from rightfocus.bayes import is_bayesian
+from rightfocus.bayes.inference import predict_probs
+from rightfocus.data.splits import dataset_fold, dataset_labels
+from rightfocus.engine.checkpoint import BEST, LAST, load_checkpoint
+from rightfocus.engine.config import Config, load_config
+from rightfocus.engine.datamodule import build_dataset
+from rightfocus.engine.evaluate import layer_option
+from rightfocus.engine.run import build_model
 from rightfocus.feedback.store import FeedbackStore, image_sha256
+from rightfocus.feedback.strategies import rank, score_pool
+from rightfocus.metrics.uncertainty import explanation_uncertainty
+from rightfocus.studio.render import to_display
 
 __all__ = ["NotInPoolError", "StudioSession", "file_sha256"]
 
@@ -52,8 +64,6 @@ def pool_identity(config: Config) -> dict[str, Any]:
 
 
 def _checkpoint(run_dir: Path, config: Config) -> Path:
-    from rightfocus.engine.checkpoint import BEST, LAST
-
     ckpt = run_dir / "checkpoints"
     order = (BEST, LAST) if config.evaluation.checkpoint == "best" else (LAST, BEST)
     for name in order:
@@ -67,9 +77,6 @@ def _checkpoint(run_dir: Path, config: Config) -> Path:
 
 def load_model(config: Config, checkpoint: Path) -> nn.Module:
     """The config's model with the checkpoint's weights (``weights_only`` loading)."""
-    from rightfocus.engine.checkpoint import load_checkpoint
-    from rightfocus.engine.run import build_model
-
     model = build_model(config)
     state = load_checkpoint(checkpoint)
     sd = state.get("state_dict", state)
@@ -103,10 +110,6 @@ class StudioSession:
         cache_size: int = 512,
         device: str = "cpu",
     ) -> None:
-        from rightfocus.data.splits import dataset_labels, kfold_split
-        from rightfocus.engine.config import load_config
-        from rightfocus.engine.datamodule import build_dataset
-
         if run_dir is not None:
             self.run_dir = Path(run_dir).resolve()
             cfg_file = self.run_dir / "config.yaml"
@@ -128,8 +131,6 @@ class StudioSession:
         self.device = device
         self.model = load_model(self.config, self.checkpoint).to(device)
         self.checkpoint_sha256 = file_sha256(self.checkpoint)
-        from rightfocus._registry import DATASETS
-        from rightfocus.bayes import is_bayesian
 
         self.meta = DATASETS.metadata(self.config.data.dataset)
         self.bayesian = is_bayesian(self.model)
@@ -138,7 +139,9 @@ class StudioSession:
         self.pool = build_dataset(base, "train")
         n = len(self.pool)  # type: ignore[arg-type]
         d = self.config.data
-        train_idx = kfold_split(n, d.folds, d.fold, d.seed)[0] if d.folds > 1 else np.arange(n)
+        train_idx = (
+            dataset_fold(self.pool, d.folds, d.fold, d.seed)[0] if d.folds > 1 else np.arange(n)
+        )
         self.train_indices = np.sort(np.asarray(train_idx, dtype=np.int64))
         self._in_train = np.zeros(n, dtype=bool)
         self._in_train[self.train_indices] = True
@@ -178,13 +181,9 @@ class StudioSession:
         return x, int(y), m
 
     def methods(self) -> list[str]:
-        from rightfocus._registry import METHODS
-
         return METHODS.names()
 
     def method_options(self, method: str) -> dict[str, Any]:
-        from rightfocus.engine.evaluate import layer_option
-
         return layer_option(self.config, method)
 
     # --- predictions and explanations -------------------------------------------------------------
@@ -203,7 +202,6 @@ class StudioSession:
 
     def predict(self, index: int) -> Tensor:
         """Class probabilities of image ``index`` (MC mean for Bayesian models)."""
-        from rightfocus.bayes.inference import predict_probs
 
         def make() -> Tensor:
             x = self.item(index)[0][None].to(self.device)
@@ -217,9 +215,6 @@ class StudioSession:
 
     def explanation(self, index: int, method: str, target: int | None = None) -> Tensor:
         """Attribution ``(C, H, W)`` of ``method`` for the predicted class (cached)."""
-        from rightfocus._registry import METHODS
-        from rightfocus.attribution import attribute
-
         METHODS.get(method)
         t = int(self.predict(index).argmax()) if target is None else int(target)
 
@@ -236,7 +231,6 @@ class StudioSession:
         """Per-pixel std ``(C, H, W)`` of the attribution over posterior samples (Bayesian)."""
         if not self.bayesian:
             raise ValueError("The uncertainty map needs a Bayesian model (model.bayesian: true)")
-        from rightfocus.metrics.uncertainty import explanation_uncertainty
 
         def make() -> Tensor:
             x = self.item(index)[0][None].to(self.device)
@@ -265,9 +259,8 @@ class StudioSession:
     ) -> np.ndarray:
         """SLIC superpixels of the image (Achanta et al. 2012, "SLIC Superpixels Compared to
         State-of-the-Art Superpixel Methods"), int32 labels ``(H, W)`` from 0."""
+        # heavy: scikit-image, only for superpixels
         from skimage.segmentation import slic
-
-        from rightfocus.studio.render import to_display
 
         def make() -> np.ndarray:
             img = to_display(self.item(index)[0], self.meta.get("normalization"))
@@ -294,8 +287,6 @@ class StudioSession:
         method_b: str = "gradcam",
     ) -> list[dict[str, Any]]:
         """The ``k`` training images ``strategy`` ranks first (cached per settings)."""
-        from rightfocus.feedback.strategies import rank, score_pool
-
         key = (strategy, per_class, method, method_b)
         with self._lock:
             ranked = self._queues.get(key)
