@@ -161,6 +161,8 @@ EXPLAINED = (
     "data/splits.py",
     "data/transforms.py",
     "engine/config.py",
+    "engine/datamodule.py",
+    "engine/decoy.py",
     "engine/evaluate.py",
     "engine/reproduce.py",
     "engine/sweep.py",

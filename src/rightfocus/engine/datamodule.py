@@ -23,7 +23,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from rightfocus.data.splits import FeedbackSubset, dataset_fold
+import rightfocus.data  # noqa: F401  (registers the datasets)
+from rightfocus._registry import DATASETS
+from rightfocus.data.feedback import FeedbackOverlay
+from rightfocus.data.splits import FeedbackSubset, class_weights, dataset_fold, dataset_labels
 from rightfocus.engine.config import Config
 from rightfocus.guidance.base import Guidance
 
@@ -135,9 +138,6 @@ def _subset(dataset: Dataset[Any], limit: int | None, seed: int) -> Dataset[Any]
 
 def build_dataset(config: Config, split: str) -> Dataset[Any]:
     """The dataset's ``split`` ("train" pool or "test"), limited by max_train / max_test."""
-    import rightfocus.data  # noqa: F401  (registers the datasets)
-    from rightfocus._registry import DATASETS
-
     d = config.data
     options = dict(d.options)
     store = options.pop("feedback_store", None)  # masks from `rightfocus studio` (train only)
@@ -155,8 +155,6 @@ def build_dataset(config: Config, split: str) -> Dataset[Any]:
     limit = d.max_train if split == "train" else d.max_test
     dataset = _subset(dataset, limit, d.seed)
     if store is not None and split == "train":
-        from rightfocus.data.feedback import FeedbackOverlay
-
         dataset = FeedbackOverlay(dataset, store)
     return dataset
 
@@ -181,8 +179,6 @@ class ExperimentData(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.guidance = list(guidance)
-        import rightfocus.data  # noqa: F401
-        from rightfocus._registry import DATASETS
 
         self.config = config
         meta = DATASETS.metadata(config.data.dataset)
@@ -226,7 +222,6 @@ class ExperimentData(pl.LightningDataModule):
                     f"data.class_weights lists {len(spec)} weights for {num_classes} classes"
                 )
             return torch.tensor(spec, dtype=torch.float32)
-        from rightfocus.data.splits import class_weights, dataset_labels
 
         assert self.train_dataset is not None
         base = getattr(self.train_dataset, "base", self.train_dataset)

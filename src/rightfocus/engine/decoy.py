@@ -31,6 +31,14 @@ import torch
 from torch import Tensor, nn
 
 from rightfocus._io import atomic_path, atomic_write_json
+from rightfocus.attribution import attribute
+from rightfocus.bayes.inference import predict_probs
+from rightfocus.data.decoy_mnist import decoy_mnist, make_decoy_mnist
+from rightfocus.engine.config import load_config_dict
+from rightfocus.engine.datamodule import ExperimentData
+from rightfocus.engine.evaluate import evaluate_predictions
+from rightfocus.engine.run import load_run, load_test_predictions
+from rightfocus.metrics.uncertainty import explanation_uncertainty
 
 __all__ = ["ANALYSIS_FILE", "TENSORS_FILE", "analyse_run", "decoy_probes", "reliance"]
 
@@ -49,8 +57,6 @@ def decoy_probes(
     with a label-matching decoy; ``blank``: blank images with a decoy encoding a random class
     (the target is that class). ``limit`` keeps the first ``limit`` test digits.
     """
-    from rightfocus.data.decoy_mnist import decoy_mnist, make_decoy_mnist
-
     test = decoy_mnist(split="test", root=root, seed=seed, variant=variant)
     n = len(test.labels) if limit is None else min(limit, len(test.labels))
     clean, labels = test.clean[:n], test.labels[:n]
@@ -70,8 +76,6 @@ def decoy_probes(
 
 
 def _probs(model: nn.Module, x: Tensor, bayesian: bool, mc: int, seed: int) -> Tensor:
-    from rightfocus.bayes.inference import predict_probs
-
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
@@ -122,8 +126,6 @@ def _bins(probs: Tensor, y: Tensor) -> dict[str, list[float]]:
 
 def _variant_config(config: Any, variant: str) -> Any:
     """The run's config evaluated on Decoy MNIST ``variant`` (for the clean-baseline runs)."""
-    from rightfocus.engine.config import load_config_dict
-
     raw = config.to_dict()
     raw["data"] = {**raw["data"], "dataset": "decoy_mnist", "variant": variant}
     return load_config_dict(raw)
@@ -131,9 +133,6 @@ def _variant_config(config: Any, variant: str) -> Any:
 
 def _test_metrics(model: nn.Module, config: Any) -> tuple[dict[str, float], Tensor, Tensor]:
     """Test metrics of ``model`` on ``config``'s test set, with the probabilities and labels."""
-    from rightfocus.engine.datamodule import ExperimentData
-    from rightfocus.engine.evaluate import evaluate_predictions
-
     dm = ExperimentData(config)
     dm.setup("test")
     return evaluate_predictions(model, dm.test_dataloader(), config)
@@ -144,14 +143,10 @@ def _explanations(
 ) -> dict[str, Tensor]:
     """|input gradient| of the predicted class (mean network) and, for Bayesian models, its mean
     and std over ``samples`` posterior draws (explanation uncertainty)."""
-    from rightfocus.attribution import attribute
-
     with torch.no_grad():
         pred = model.eval()(x).argmax(-1)
     out = {"pred": pred, "saliency": attribute(model, x, pred, method="saliency", abs=True)}
     if bayesian:
-        from rightfocus.metrics.uncertainty import explanation_uncertainty
-
         eu = explanation_uncertainty(
             model, x, pred, method="saliency", samples=samples, seed=seed, abs=True
         )
@@ -171,8 +166,6 @@ def analyse_run(
     clean MNIST, the clean baseline, is probed on every variant given). Written atomically to
     ``analysis.json`` / ``analysis.pt`` in the run folder; an up-to-date analysis is reused.
     """
-    from rightfocus.engine.run import load_run, load_test_predictions
-
     run_dir = Path(run_dir)
     out_file = run_dir / ANALYSIS_FILE
     config, model = load_run(run_dir)
