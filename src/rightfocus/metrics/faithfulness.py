@@ -3,7 +3,9 @@
 Deletion (Petsiuk et al. 2018, RISE): remove pixels in decreasing attribution order, replacing
 them by a baseline, and track the target probability; a faithful attribution makes it fall
 fast (low AUC). Insertion starts from the baseline and inserts pixels in the same order (high
-AUC is good). All images and all steps are evaluated in large batches.
+AUC is good). All images and all steps are evaluated in large batches; a step that changes no
+pixel of an image (every pixel it removes already equals the baseline) reuses the previous
+step's score instead of running the model again.
 """
 
 from __future__ import annotations
@@ -53,6 +55,14 @@ def _curve(
     batch_size: int,
     insert: bool,
 ) -> PerturbationCurve:
+    """The perturbation curve of every image, scored in batches of ``batch_size`` images.
+
+    Step ``s`` of image ``b`` changes the pixels ranked ``counts[s-1] .. counts[s]-1``; when all
+    of them already equal the baseline (background pixels deleted into a zero baseline, say),
+    the image is the one of step ``s-1``, so it is not scored again: its score is copied. All
+    other (image, step) pairs are scored in order, ``batch_size`` per forward pass, under
+    ``torch.inference_mode``.
+    """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if x.dim() != 4 or x.shape[0] == 0:
@@ -62,25 +72,31 @@ def _curve(
         raise ValueError(f"attributions {tuple(attr.shape)} do not match images {tuple(x.shape)}")
     B, _, H, W = x.shape
     n = H * W
-    rank = torch.empty(B, n, dtype=torch.long, device=x.device)
+    device = x.device
+    rank = torch.empty(B, n, dtype=torch.long, device=device)
     order = a.flatten(1).argsort(dim=1, descending=True)
-    rank.scatter_(1, order, torch.arange(n, device=x.device).expand(B, n))
-    counts = torch.round(torch.linspace(0, n, steps + 1, device=x.device)).long()
+    rank.scatter_(1, order, torch.arange(n, device=device).expand(B, n))
+    counts = torch.round(torch.linspace(0, n, steps + 1, device=device)).long()
     base = baseline_image(x, baseline)
-    target = target.to(x.device).long()
-    scores = torch.empty(B, steps + 1, dtype=x.dtype, device=x.device)
-    pairs = [(b, s) for s in range(steps + 1) for b in range(B)]
-    with torch.no_grad(), hooks.eval_mode(model):
-        for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start : start + batch_size]
-            bi = torch.tensor([p[0] for p in chunk], device=x.device)
-            si = torch.tensor([p[1] for p in chunk], device=x.device)
-            changed = (rank[bi] < counts[si][:, None]).view(-1, 1, H, W)
-            keep_x = ~changed if not insert else changed
-            imgs = torch.where(keep_x, x[bi], base[bi])
+    target = target.to(device).long()
+    # pixels (in removal order) where the image differs from the baseline; step s changes the
+    # image iff one of its pixels does
+    differs = (x != base).any(dim=1).flatten(1).gather(1, order).long().cumsum(dim=1)
+    seen = torch.cat([differs.new_zeros(B, 1), differs[:, counts[1:] - 1]], dim=1)
+    new = torch.ones(B, steps + 1, dtype=torch.bool, device=device)
+    new[:, 1:] = seen[:, 1:] != seen[:, :-1]
+    bi, si = new.nonzero(as_tuple=True)  # (image, step) pairs to score, image-major
+    scores = torch.zeros(B, steps + 1, dtype=x.dtype, device=device)
+    with torch.inference_mode(), hooks.eval_mode(model):
+        for start in range(0, bi.shape[0], batch_size):
+            b, s = bi[start : start + batch_size], si[start : start + batch_size]
+            changed = (rank[b] < counts[s][:, None]).view(-1, 1, H, W)
+            imgs = torch.where(changed if insert else ~changed, x[b], base[b])
             probs = model(imgs).softmax(dim=-1)
-            scores[bi, si] = probs.gather(1, target[bi][:, None]).squeeze(1)
-    return PerturbationCurve(counts.to(x.dtype) / n, scores)
+            scores[b, s] = probs.gather(1, target[b][:, None]).squeeze(1).to(x.dtype)
+    # an unscored step repeats the score of the last scored step of its image
+    last = torch.where(new, torch.arange(steps + 1, device=device), 0).cummax(dim=1).values
+    return PerturbationCurve(counts.to(x.dtype) / n, scores.gather(1, last))
 
 
 def deletion(
