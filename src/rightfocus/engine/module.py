@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rightfocus.bayes.inference import predict_probs
+from rightfocus.bayes.inference import elbo_terms, predict_probs
 from rightfocus.engine.checkpoint import rng_state, set_rng_state
 from rightfocus.engine.config import OptimConfig
 from rightfocus.guidance.base import Guidance, GuidedBatch, guided_forward
@@ -82,8 +82,6 @@ class GuidedModule(pl.LightningModule):
     def data_terms(self, logits: Tensor, y: Tensor) -> dict[str, Tensor]:
         weight = cast(Tensor | None, self.class_weights)
         if self.bayesian:
-            from rightfocus.bayes import elbo_terms
-
             num_batches = max(1, int(self.trainer.num_training_batches))
             terms = elbo_terms(logits, y, self.model, num_batches, reduction="sum", weight=weight)
             if self.kl_weight != 1.0:

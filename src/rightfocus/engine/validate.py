@@ -23,7 +23,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rightfocus.engine.config import Config
+from rightfocus._registry import DATASETS, METHODS, MODELS
+from rightfocus.engine.config import Config, _hint
 from rightfocus.errors import UserError
 
 __all__ = [
@@ -73,9 +74,9 @@ def check_writable(path: str | Path, what: str, is_file: bool = False) -> Path:
 
 def check_methods(names: Sequence[str], what: str = "method") -> None:
     """Every name is a registered attribution method (lists the known ones otherwise)."""
+    # imported here, not at the top: the CLI imports this module for check_writable before
+    # any heavy import (the same holds for the other imports inside functions below)
     import rightfocus.attribution  # noqa: F401  (registers the methods)
-    from rightfocus._registry import METHODS
-    from rightfocus.engine.config import _hint
 
     for name in names:
         if name not in METHODS:
@@ -87,7 +88,7 @@ def check_methods(names: Sequence[str], what: str = "method") -> None:
 
 def check_device(config: Config) -> None:
     """A GPU/MPS accelerator is only accepted when this machine has one (and enough of them)."""
-    import torch
+    import torch  # heavy: only when the device is checked
 
     t = config.trainer
     if t.accelerator in ("gpu", "cuda"):
@@ -125,7 +126,6 @@ def _check_options(
 ) -> bool:
     """Unknown keys of ``options`` are errors when ``fn`` takes no ``**kwargs``; returns
     whether ``fn`` forwards extra keyword arguments (then only a build can tell)."""
-    from rightfocus.engine.config import _hint
 
     named, var_kw = _accepted(fn)
     allowed = [n for n in named if n not in fixed]
@@ -176,7 +176,6 @@ def _check_root(config: Config) -> None:
 def _build_pool(config: Config) -> Any:
     """The train pool, built by the same registry call as ``datamodule.build_dataset`` (without
     its ``max_train`` subset), without importing Lightning so that errors come fast."""
-    from rightfocus._registry import DATASETS
 
     d = config.data
     options = dict(d.options)
@@ -206,7 +205,6 @@ def _build_pool(config: Config) -> Any:
 def _check_data(config: Config, meta: dict[str, Any]) -> tuple[int | None, int | None]:
     """Number of training samples (None: unknown without loading) and classes in the data."""
     import rightfocus.data  # noqa: F401
-    from rightfocus._registry import DATASETS
 
     d = config.data
     fixed = {"split", "root", "seed", "image_size", "download"} | (
@@ -245,7 +243,6 @@ def _check_folds(config: Config, n: int | None) -> None:
 
 def _check_classes(config: Config, meta: dict[str, Any], data_classes: int | None) -> int:
     import rightfocus.models  # noqa: F401
-    from rightfocus._registry import MODELS
 
     m = config.model
     forwards = _check_options(
@@ -299,7 +296,6 @@ def _plain_model(config: Config) -> Any:
     conversions keep every convolution), built cheaply to look up its layers."""
     import rightfocus.data
     import rightfocus.models  # noqa: F401
-    from rightfocus._registry import DATASETS, MODELS
 
     meta = DATASETS.metadata(config.data.dataset)
     m = config.model
@@ -317,7 +313,6 @@ def _check_attribution(config: Config) -> None:
     if "overlap" not in config.evaluation.metrics:
         return
     from rightfocus._modules import resolve_layer
-    from rightfocus._registry import METHODS
     from rightfocus.engine.evaluate import attribution_method
 
     method, options = attribution_method(config)
@@ -351,7 +346,6 @@ def check_weights(config: Config) -> None:
         UserError: naming ``model.weights=<file>`` and ``model.weights=random``.
     """
     import rightfocus.models  # noqa: F401  (registers the models)
-    from rightfocus._registry import MODELS
 
     m = config.model
     if m.weights is not None or not MODELS.metadata(m.name).get("imagenet_init"):
@@ -372,7 +366,6 @@ def validate_experiment(config: Config) -> None:
         UserError: naming the config field and what to do.
     """
     import rightfocus.data  # noqa: F401
-    from rightfocus._registry import DATASETS
 
     if (config.run_dir / "metrics.json").is_file():
         return  # a finished run is not trained again
