@@ -61,6 +61,7 @@ def _models() -> list[tuple[str, nn.Module, nn.Module, Callable[[Tensor], Tensor
 def _cases(
     model: nn.Module, layer: nn.Module, reshape: Any, x: Tensor, t: Tensor, steps: int
 ) -> dict[str, dict[str, Callable[[], Any]]]:
+    # the peers are optional (bench extra): imported only when the cases are built
     import captum.attr as ca
     import pytorch_grad_cam as pgc
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget

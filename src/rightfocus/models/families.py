@@ -22,13 +22,14 @@ from typing import Any
 from torch import nn
 
 from rightfocus._registry import MODELS
+from rightfocus.models.zoo import _load_partial, _read_state
 
 __all__ = ["timm_model"]
 
 
 def _timm() -> Any:
     try:
-        import timm
+        import timm  # optional and heavy: imported only when such a model is built
     except ImportError as err:  # pragma: no cover - timm is in the dev extra
         raise ImportError(
             "This model comes from timm, an optional dependency: pip install 'rightfocus[timm]'"
@@ -60,8 +61,6 @@ def _unfused(model: nn.Module, fused_attn: bool) -> nn.Module:
 
 def _finish(model: nn.Module, weights: str | Path | None) -> nn.Module:
     if weights is not None:
-        from rightfocus.models.zoo import _load_partial, _read_state
-
         _load_partial(model, _read_state(weights), load_biases=True)
     return model
 
@@ -122,7 +121,7 @@ def vit(
     """Vision transformer (Dosovitskiy et al. 2021), timm's ``VisionTransformer``; defaults are
     ViT-B/16. One class token; CAMs reshape the patch tokens to the grid automatically."""
     _timm()
-    from timm.models.vision_transformer import VisionTransformer
+    from timm.models.vision_transformer import VisionTransformer  # optional (timm extra)
 
     model = VisionTransformer(
         img_size=image_size, patch_size=patch_size, in_chans=in_channels, num_classes=num_classes,
@@ -148,7 +147,7 @@ def deit_distilled(
     ``VisionTransformerDistilled``; defaults are DeiT-Ti. Class and distillation tokens are
     dropped by the CAMs; in eval mode the output averages the two heads."""
     _timm()
-    from timm.models.deit import VisionTransformerDistilled
+    from timm.models.deit import VisionTransformerDistilled  # optional (timm extra)
 
     model = VisionTransformerDistilled(
         img_size=image_size, patch_size=patch_size, in_chans=in_channels, num_classes=num_classes,
@@ -174,7 +173,7 @@ def swin(
     """Swin transformer (Liu et al. 2021), timm's ``SwinTransformer``; defaults are Swin-T.
     Its maps are channels-last ``(B, H, W, C)``; CAMs permute them automatically."""
     _timm()
-    from timm.models.swin_transformer import SwinTransformer
+    from timm.models.swin_transformer import SwinTransformer  # optional (timm extra)
 
     model = SwinTransformer(
         img_size=image_size, patch_size=patch_size, window_size=window_size,
@@ -192,7 +191,7 @@ def resnet50(
     weights: str | Path | None = None,
 ) -> nn.Module:
     """torchvision's ResNet-50 (bottleneck blocks), random init or a local ``weights`` file."""
-    from torchvision import models as tvm
+    from torchvision import models as tvm  # heavy: imported only when the model is built
 
     del image_size
     model = tvm.resnet50(weights=None, num_classes=num_classes)
@@ -213,7 +212,7 @@ def densenet(
     weights: str | Path | None = None,
 ) -> nn.Module:
     """torchvision's DenseNet (Huang et al. 2017; concatenation); defaults are DenseNet-121."""
-    from torchvision.models.densenet import DenseNet
+    from torchvision.models.densenet import DenseNet  # heavy: only when the model is built
 
     del image_size
     model = DenseNet(
