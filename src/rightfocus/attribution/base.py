@@ -317,13 +317,17 @@ def images_per_pass(
     x: Tensor,
     budget: int | float | str | None = None,
     targets: int = 1,
+    *,
+    pass_elements: int = PASS_ELEMENTS,
+    min_images: int = MIN_PASS_IMAGES,
 ) -> int:
     """Images per forward pass: ``option`` itself when it is an int, else the ``auto`` policy.
 
-    ``auto`` = ``min(max(B, PASS_ELEMENTS // numel(image), MIN_PASS_IMAGES), budget //
+    ``auto`` = ``min(max(B, pass_elements // numel(image), min_images), budget //
     activation_bytes(image))``, at least 1: the whole batch or a cache-friendly number of
-    images (at least 16), whichever is larger,
-    shrunk when the activations of that many images would not fit the memory budget
+    images (at least ``min_images``), whichever is larger (a method whose passes run faster at
+    another size passes its own ``pass_elements`` / ``min_images``, measured), shrunk when
+    the activations of that many images would not fit the memory budget
     (:func:`memory_budget`). The activation size is measured with one forward of one image,
     only when that many images could exceed the budget at ``ACTIVATION_RATIO`` times their
     input size. ``targets`` K > 1 (batched backward passes for K targets) counts each image K
@@ -331,7 +335,7 @@ def images_per_pass(
     """
     if isinstance(option, int):
         return option
-    speed = max(x.shape[0], PASS_ELEMENTS // max(1, x[0].numel()), MIN_PASS_IMAGES)
+    speed = max(x.shape[0], pass_elements // max(1, x[0].numel()), min_images)
     allowed = memory_budget(budget, x.device)
     if speed * x[0].numel() * x.element_size() * ACTIVATION_RATIO * targets <= allowed:
         return speed  # fits even at an extreme activation size: no measurement needed

@@ -453,12 +453,12 @@ class ScoreCAM(_CAM):
         return _minmax(acts)
 
     def _chunk(self, model: nn.Module, x: Tensor) -> int:
-        """Masked images per forward pass: ``internal_batch_size`` or ~2**18 input values
-        (>= 32) within the memory budget."""
-        if isinstance(self.internal_batch_size, int):
-            return self.internal_batch_size
-        fits = images_per_pass("auto", model, x[:1], self.memory_budget)
-        return max(1, min(max(32, 2**18 // x[0].numel()), fits))
+        """Masked images per forward pass: ``internal_batch_size`` or the ``auto`` policy with
+        ~2**18 input values (>= 32 images) per pass, within the memory budget."""
+        return images_per_pass(
+            self.internal_batch_size, model, x[:1], self.memory_budget,
+            pass_elements=2**18, min_images=32,
+        )  # fmt: skip
 
     def _forward(self, model: nn.Module, images: Tensor, layout: PassLayout) -> Tensor:
         """``model(images)`` in the chosen precision and ``layout``'s memory layout."""
