@@ -612,7 +612,7 @@ def explain_run(
 ) -> Path:
     """Write a PNG grid (image with mask outline | one attribution per method) for the first
     ``n`` samples of ``split``; default ``<run>/figures/explain_<methods>.png``."""
-    from rightfocus.viz import attribution_grid  # matplotlib, only when drawing
+    from rightfocus.viz import attribution_grid  # heavy: matplotlib, only when drawing
 
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")

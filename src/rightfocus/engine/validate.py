@@ -23,6 +23,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
+import rightfocus.attribution
+import rightfocus.data
+import rightfocus.models  # noqa: F401  (the three register the methods, datasets and models)
+from rightfocus._modules import resolve_layer
 from rightfocus._registry import DATASETS, METHODS, MODELS
 from rightfocus.engine.config import Config, _hint
 from rightfocus.errors import UserError
@@ -74,9 +80,6 @@ def check_writable(path: str | Path, what: str, is_file: bool = False) -> Path:
 
 def check_methods(names: Sequence[str], what: str = "method") -> None:
     """Every name is a registered attribution method (lists the known ones otherwise)."""
-    # imported here, not at the top: the CLI imports this module for check_writable before
-    # any heavy import (the same holds for the other imports inside functions below)
-    import rightfocus.attribution  # noqa: F401  (registers the methods)
 
     for name in names:
         if name not in METHODS:
@@ -88,8 +91,6 @@ def check_methods(names: Sequence[str], what: str = "method") -> None:
 
 def check_device(config: Config) -> None:
     """A GPU/MPS accelerator is only accepted when this machine has one (and enough of them)."""
-    import torch  # heavy: only when the device is checked
-
     t = config.trainer
     if t.accelerator in ("gpu", "cuda"):
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -204,7 +205,6 @@ def _build_pool(config: Config) -> Any:
 
 def _check_data(config: Config, meta: dict[str, Any]) -> tuple[int | None, int | None]:
     """Number of training samples (None: unknown without loading) and classes in the data."""
-    import rightfocus.data  # noqa: F401
 
     d = config.data
     fixed = {"split", "root", "seed", "image_size", "download"} | (
@@ -242,7 +242,6 @@ def _check_folds(config: Config, n: int | None) -> None:
 
 
 def _check_classes(config: Config, meta: dict[str, Any], data_classes: int | None) -> int:
-    import rightfocus.models  # noqa: F401
 
     m = config.model
     forwards = _check_options(
@@ -294,8 +293,6 @@ def _check_class_weights(config: Config, num_classes: int) -> None:
 def _plain_model(config: Config) -> Any:
     """The configured architecture without weights files or conversions (X-DNN and Bayesian
     conversions keep every convolution), built cheaply to look up its layers."""
-    import rightfocus.data
-    import rightfocus.models  # noqa: F401
 
     meta = DATASETS.metadata(config.data.dataset)
     m = config.model
@@ -312,7 +309,7 @@ def _check_attribution(config: Config) -> None:
     """The ``overlap`` attribution must fit the model (a CAM needs a convolution layer)."""
     if "overlap" not in config.evaluation.metrics:
         return
-    from rightfocus._modules import resolve_layer
+    # heavy: torchmetrics (the metrics bundle), only when overlap is configured
     from rightfocus.engine.evaluate import attribution_method
 
     method, options = attribution_method(config)
@@ -345,7 +342,6 @@ def check_weights(config: Config) -> None:
     Raises:
         UserError: naming ``model.weights=<file>`` and ``model.weights=random``.
     """
-    import rightfocus.models  # noqa: F401  (registers the models)
 
     m = config.model
     if m.weights is not None or not MODELS.metadata(m.name).get("imagenet_init"):
@@ -365,7 +361,6 @@ def validate_experiment(config: Config) -> None:
     Raises:
         UserError: naming the config field and what to do.
     """
-    import rightfocus.data  # noqa: F401
 
     if (config.run_dir / "metrics.json").is_file():
         return  # a finished run is not trained again
