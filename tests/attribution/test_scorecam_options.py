@@ -65,6 +65,7 @@ def test_channels_last_passes_and_view_fallback_give_the_same_maps(cls, method, 
 
 def _default_layout(self: _passes.PassLayout, x: Tensor) -> None:
     self.channels_last = False
+    self._folded = {}
 
 
 def test_bfloat16_precision_is_close_to_float32():
@@ -81,3 +82,55 @@ def test_bfloat16_precision_is_close_to_float32():
 def test_bad_precision_is_refused():
     with pytest.raises(ValueError, match="precision must be"):
         ScoreCAM(precision="float16")
+
+
+class BNCNN(nn.Module):
+    """Conv -> BatchNorm (folded in the passes); ``branch=True`` adds control flow on values
+    (not traceable: the passes then run the model itself)."""
+
+    def __init__(self, branch: bool = False) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.conv2 = nn.Conv2d(6, 4, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 5)
+        self.branch = branch
+        for bn in (self.bn1, self.bn2):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.data.uniform_(0.5, 1.5)
+            bn.bias.data.uniform_(-0.2, 0.2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.bn1(self.conv1(x)))
+        if self.branch and bool(h.mean() > 1e9):
+            h = -h
+        return self.fc(torch.relu(self.bn2(self.conv2(h))).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("branch", [False, True])
+@pytest.mark.parametrize("method", sorted(OPTIONS))
+def test_batchnorm_folded_passes_give_the_same_maps_and_leave_the_model(
+    branch, method, monkeypatch
+):
+    torch.manual_seed(0)
+    model = BNCNN(branch).eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x, t = torch.rand(2, 3, 8, 8), torch.tensor([1, 4])
+    folded = _passes.folded_copy(model, x[:1])
+    assert (folded is model) == branch  # traced and folded unless the trace fails
+    if not branch:
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    fast = attribute(model, x, t, method, **OPTIONS[method])
+    monkeypatch.setattr(_passes, "folded_copy", lambda m, probe: m)
+    monkeypatch.setattr(_passes.PassLayout, "__init__", _default_layout)
+    reference = attribute(model, x, t, method, **OPTIONS[method])
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert isinstance(model.bn1, nn.BatchNorm2d)
+
+
+def test_training_models_are_not_folded():
+    model = BNCNN().train()
+    assert _passes.folded_copy(model, torch.rand(1, 3, 8, 8)) is model
