@@ -619,8 +619,10 @@ class DeepShap(_Reference):
         if target is None or isinstance(target, (int, Tensor)):
             with torch.no_grad():
                 target = fix_target(model(x), target)
-        # two images per pair (the input copy and its reference) count against the budget
-        pairs = images_per_pass(self.internal_batch_size, model, x, self.memory_budget, 2)
+        # two images per pair (the input copy and its reference), each K times for K targets
+        # (batched backward passes), count against the budget
+        K = target.shape[1] if isinstance(target, Tensor) and target.dim() == 2 else 1
+        pairs = images_per_pass(self.internal_batch_size, model, x, self.memory_budget, 2 * K)
         if pairs < x.shape[0]:
             return split_batch(lambda xs, ts: self._average(model, xs, refs, ts, pairs), x,
                                target, pairs)  # fmt: skip
