@@ -14,7 +14,7 @@ __all__ = ["training_curves"]
 def training_curves(run_dir: str | Path, tags: Iterable[str] | None = None) -> pd.DataFrame:
     """Scalars from the event files under ``run_dir`` as a long table (tag, step, value);
     ``tags`` keeps only those tags (default: every scalar)."""
-    # tensorboard is slow to import and only needed when a run's curves are read
+    # heavy: tensorboard takes about half a second; only reading curves needs it
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     wanted = None if tags is None else set(tags)

@@ -207,7 +207,7 @@ def parse_bytes(value: int | float | str) -> int:
 
 def _available_cpu_bytes() -> int:
     try:
-        import psutil
+        import psutil  # optional: not a dependency; /proc/meminfo below otherwise
 
         return int(psutil.virtual_memory().available)
     except ImportError:

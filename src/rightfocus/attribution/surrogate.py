@@ -79,7 +79,7 @@ def slic_segments(image: Tensor, n_segments: int, options: dict[str, Any] | None
     ``compactness=10``, other channel counts in their own space with ``compactness=0.1``
     (skimage's guidance for [0, 1] intensities). ``options`` override any ``slic`` argument.
     """
-    from skimage.segmentation import slic  # about a second to import: only SLIC needs it
+    from skimage.segmentation import slic  # heavy: ~1 s; only SLIC needs it
 
     img = image.detach().to("cpu", torch.float64)
     lo, hi = img.min(), img.max()

@@ -144,7 +144,7 @@ class OxfordPetMasks(_TorchvisionMasks):
     """
 
     def _read(self, root: Path, split: str, download: bool) -> None:
-        from torchvision.datasets import OxfordIIITPet  # slow to import: only when used
+        from torchvision.datasets import OxfordIIITPet  # heavy: only this dataset needs it
 
         if root.name == "oxford-iiit-pet" and not (root / "oxford-iiit-pet").is_dir():
             root = root.parent
@@ -188,7 +188,7 @@ SBD_CLASS_IDS: dict[str, int] = {"bird": 3, "bus": 6, "cat": 8, "dog": 12, "hors
 
 @functools.lru_cache(maxsize=8)
 def _sbd_segmentation(mat_path: str) -> np.ndarray:
-    from scipy.io import loadmat  # slow to import: only SBD's .mat files need it
+    from scipy.io import loadmat  # heavy: only SBD's .mat files need it
 
     mat = loadmat(mat_path)
     try:
@@ -222,7 +222,7 @@ class SBDMasks(_TorchvisionMasks):
     """
 
     def _read(self, root: Path, split: str, download: bool) -> None:
-        from torchvision.datasets import SBDataset  # slow to import: only when used
+        from torchvision.datasets import SBDataset  # heavy: only this dataset needs it
 
         image_set = "train" if split == "train" else "val"
         if not download and not (root / f"{image_set}.txt").is_file():

@@ -412,7 +412,7 @@ def check_in_browser(
     Raises:
         FileNotFoundError: no ``chromium`` on PATH (``scripts/system-deps.sh`` installs it).
     """
-    # Playwright is an optional, heavy dependency: imported only to open a browser
+    # optional: Playwright (dev extra) and a browser are needed only for this check
     from playwright.sync_api import sync_playwright
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")

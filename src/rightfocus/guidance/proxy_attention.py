@@ -474,7 +474,7 @@ class ProxyAttention(Guidance):
         return dataset if isinstance(dataset, ProxyDataset) else ProxyDataset(dataset)
 
     def callbacks(self, run_dir: Path | None = None) -> list[Any]:
-        # Lightning is heavy and only needed in a training run: imported on use.
+        # heavy: Lightning, only needed in a training run (keeps `import rightfocus` light)
         from rightfocus.engine.callbacks import ProxyAttentionCallback
 
         figure_dir = self.figure_dir

@@ -15,10 +15,10 @@ def pyplot() -> Any:
 
     Imported on use: matplotlib is slow to import and only figure writers need it.
     """
-    import matplotlib
+    import matplotlib  # heavy: see above
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: see above
 
     return plt
 

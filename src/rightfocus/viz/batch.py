@@ -60,7 +60,7 @@ def batch_figure(
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
-    # matplotlib is slow to import: only figure writers need it
+    # heavy: matplotlib is slow to import; only figure writers need it
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 

@@ -19,7 +19,7 @@ __all__ = ["explanation_grid", "reliability_grid", "training_curves", "uncertain
 
 def _outline(ax: object, mask: Tensor) -> None:
     """Red rectangle around the masked (decoy) pixels."""
-    import matplotlib.patches as patches  # matplotlib is slow to import: only figures need it
+    import matplotlib.patches as patches  # heavy: matplotlib
 
     m = mask.reshape(mask.shape[-2], mask.shape[-1]) > 0
     if not bool(m.any()):
