@@ -269,6 +269,10 @@ class IntegratedGradients(_Gradient):
         diff = x - base
         multi = isinstance(fixed, Tensor) and fixed.dim() == 2
         per_pass = copies_per_pass(images, B, self.n_steps)
+        # oneDNN's CPU convolutions are faster on channels-last (NHWC) inputs, and a convolution
+        # keeps that layout through the network; models that cannot take it (a .view of a
+        # feature map) raise a RuntimeError and the call continues in the default layout
+        channels_last = x.device.type == "cpu" and not self.create_graph
         total: Tensor | None = None
         for start in range(0, self.n_steps, per_pass):
             a = alphas[start : start + per_pass]
@@ -278,7 +282,17 @@ class IntegratedGradients(_Gradient):
                 k * B, *x.shape[1:]
             )
             tgt = repeat_target(fixed, k)
-            grads = input_gradient(model, path, tgt, self.create_graph)
+            grads = None
+            if channels_last:
+                try:
+                    nhwc = path.contiguous(memory_format=torch.channels_last)
+                    grads = input_gradient(model, nhwc, tgt).contiguous()
+                except RuntimeError as err:  # only a layout refusal is retried
+                    if "stride" not in str(err) and "contiguous" not in str(err):
+                        raise
+                    channels_last = False
+            if grads is None:
+                grads = input_gradient(model, path, tgt, self.create_graph)
             w = weights[start : start + k].view(k, *([1] * grads.dim()))
             part = (grads.view(k, B, *grads.shape[1:]) * w).sum(dim=0)
             total = part if total is None else total + part
