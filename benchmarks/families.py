@@ -17,13 +17,16 @@ fastest peer (ratio peer seconds / our seconds >= 1). Rows are printed as they f
 
 Usage: ``python benchmarks/families.py [--threads 2] [--repeats 3] [--steps 16]
 [--models convnext_tiny,vit_b16] [--methods saliency,gradcam,...]``; writes
-``benchmarks/results/families_<model>.json`` after every row.
+``benchmarks/results/families_<model>.json`` after every row (a run with ``--methods`` or
+``--models`` replaces its own rows and keeps the others; each row records the 1-minute load
+average when it finished).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -127,14 +130,24 @@ def main() -> None:
             for peer, seconds in medians.items():
                 row = {"model": name, "method": method, "peer": peer, "ours_s": ours,
                        "peer_s": seconds, "ratio": seconds / ours, "batch": args.batch,
-                       "threads": args.threads}  # fmt: skip
+                       "threads": args.threads, "repeats": args.repeats, "steps": args.steps,
+                       "loadavg_1min": os.getloadavg()[0]}  # fmt: skip
                 rows.append(row)
                 print(f"{name:14} {method:22} {peer:18} {ours:8.3f} {seconds:8.3f} "
                       f"{seconds / ours:6.2f}", flush=True)  # fmt: skip
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            out = RESULTS.with_name(f"families_{name}.json")
-            mine = [r for r in rows if r["model"] == name]
-            atomic_write_text(out, json.dumps({"rows": mine, "args": vars(args)}, indent=2))
+            _save(
+                RESULTS.with_name(f"families_{name}.json"), [r for r in rows if r["model"] == name]
+            )
+
+
+def _save(out: Path, rows: list[dict[str, Any]]) -> None:
+    """Write ``rows`` into ``out``, keeping the rows of other (method, peer) pairs already there
+    (a run with ``--methods`` updates its rows only)."""
+    new = {(r["method"], r["peer"]) for r in rows}
+    old = json.loads(out.read_text())["rows"] if out.is_file() else []
+    kept = [r for r in old if (r["method"], r["peer"]) not in new]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps({"rows": kept + rows}, indent=2))
 
 
 if __name__ == "__main__":
