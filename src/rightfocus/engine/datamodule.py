@@ -10,27 +10,130 @@ protocol (mid-epoch resume). The skip applies only to the epoch it was saved in,
 from an epoch-end checkpoint starts the next epoch at its first batch. Under DDP each global
 batch is split across the ranks (rank ``r`` takes items ``r::world`` of every batch of the
 epoch's permutation), so two processes see exactly the batches one process would, half each.
+
+Small in-memory datasets whose samples never change (:class:`~rightfocus.data.base.
+MaskedTensorDataset` under ``Subset`` / ``FeedbackSubset``) are gathered once into stacked
+tensors (:func:`in_memory`), so a batch is one index operation per tensor instead of one
+``__getitem__`` chain per sample plus a collate: the batches are the same tensors.
 """
 
 from __future__ import annotations
 
+import json
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 import rightfocus.data  # noqa: F401  (registers the datasets)
 from rightfocus._registry import DATASETS
+from rightfocus.data.base import MaskedTensorDataset
 from rightfocus.data.feedback import FeedbackOverlay
 from rightfocus.data.splits import FeedbackSubset, class_weights, dataset_fold, dataset_labels
 from rightfocus.engine.config import Config
 from rightfocus.guidance.base import Guidance
 
-__all__ = ["EpochBatchSampler", "ExperimentData", "ResumableDataLoader", "build_dataset"]
+__all__ = [
+    "EpochBatchSampler",
+    "ExperimentData",
+    "InMemoryDataset",
+    "ResumableDataLoader",
+    "build_dataset",
+    "collate",
+    "in_memory",
+]
+
+#: Datasets larger than this (bytes of their stacked tensors) are read sample by sample.
+IN_MEMORY_LIMIT = 1 << 30
+
+
+class Batch(list):  # type: ignore[type-arg]
+    """A batch ``[images, labels, masks]`` gathered at once (passes :func:`collate` as is)."""
+
+
+def collate(samples: Any) -> Any:
+    """The engine's collate function: a :class:`Batch` as is, else PyTorch's default."""
+    return samples if isinstance(samples, Batch) else default_collate(samples)
+
+
+class InMemoryDataset(Dataset[tuple[Tensor, ...]]):
+    """Samples held as stacked tensors; ``__getitems__`` gathers a whole batch (a
+    :class:`Batch`, for :func:`collate`) with one index operation per tensor."""
+
+    def __init__(self, tensors: Sequence[Tensor]) -> None:
+        self.tensors = tuple(tensors)
+
+    def __len__(self) -> int:
+        return int(self.tensors[0].shape[0])
+
+    def __getitem__(self, index: int) -> tuple[Tensor, ...]:
+        return tuple(t[index] for t in self.tensors)
+
+    def __getitems__(self, indices: Sequence[int]) -> Batch:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return Batch(t.index_select(0, idx) for t in self.tensors)  # copies, like a collate
+
+
+def _static_tensors(dataset: Dataset[Any]) -> tuple[Tensor, ...] | None:
+    """``(images, labels, masks)`` of every sample of a dataset whose samples are fixed
+    tensors (a ``MaskedTensorDataset`` that keeps its ``__getitem__``, under ``Subset`` and
+    ``FeedbackSubset``), else None (anything else may transform or change its samples)."""
+    if isinstance(dataset, Subset):
+        base = _static_tensors(dataset.dataset)
+        if base is None:
+            return None
+        idx = torch.as_tensor(list(dataset.indices), dtype=torch.long)
+        return tuple(t.index_select(0, idx) for t in base)
+    if isinstance(dataset, FeedbackSubset):
+        base = _static_tensors(dataset.dataset)
+        if base is None:
+            return None
+        images, labels, masks = base
+        keep = torch.zeros(len(images), dtype=torch.bool)
+        keep[torch.from_numpy(dataset.kept)] = True
+        return images, labels, torch.where(keep.view(-1, 1, 1, 1), masks, 0.0)
+    if (
+        isinstance(dataset, MaskedTensorDataset)
+        and type(dataset).__getitem__ is MaskedTensorDataset.__getitem__
+    ):
+        return dataset.images, dataset.labels, dataset.masks
+    return None
+
+
+def in_memory(dataset: Dataset[Any], limit: int = IN_MEMORY_LIMIT) -> Dataset[Any]:
+    """``dataset`` as an :class:`InMemoryDataset` when its samples are fixed tensors of at most
+    ``limit`` bytes in total (see :func:`_static_tensors`), else ``dataset`` itself."""
+    if isinstance(dataset, InMemoryDataset):
+        return dataset
+    if isinstance(dataset, Subset | FeedbackSubset | MaskedTensorDataset):
+        size = _nbytes(dataset)
+        if size is not None and size <= limit:
+            tensors = _static_tensors(dataset)
+            if tensors is not None:
+                return InMemoryDataset(tensors)
+    return dataset
+
+
+def _nbytes(dataset: Dataset[Any]) -> int | None:
+    """Bytes of one sample times the number of samples (None unless the samples are fixed
+    in-memory tensors: a ``MaskedTensorDataset`` keeping its ``__getitem__``, under ``Subset``
+    and ``FeedbackSubset``)."""
+    base: Any = dataset
+    while isinstance(base, Subset | FeedbackSubset):
+        base = base.dataset
+    if (
+        not isinstance(base, MaskedTensorDataset)
+        or type(base).__getitem__ is not MaskedTensorDataset.__getitem__
+    ):
+        return None
+    per_sample = sum(t[0].numel() * t.element_size() for t in (base.images, base.masks))
+    return per_sample * len(dataset)  # type: ignore[arg-type]
 
 
 class EpochBatchSampler:
@@ -136,24 +239,48 @@ def _subset(dataset: Dataset[Any], limit: int | None, seed: int) -> Dataset[Any]
     return Subset(dataset, idx.tolist())
 
 
+#: The last few in-memory datasets built in this process, by what they were built from: the
+#: runs of one reproduction (methods, folds) share their train pool and test set.
+_BUILT: OrderedDict[str, Dataset[Any]] = OrderedDict()
+_BUILT_MAX, _BUILT_BYTES = 4, IN_MEMORY_LIMIT // 4
+
+
 def build_dataset(config: Config, split: str) -> Dataset[Any]:
-    """The dataset's ``split`` ("train" pool or "test"), limited by max_train / max_test."""
+    """The dataset's ``split`` ("train" pool or "test"), limited by max_train / max_test.
+
+    A dataset of fixed in-memory samples (see :func:`in_memory`) is built once per process for
+    the same data settings and split, and shared (nothing in the engine changes a dataset)."""
     d = config.data
     options = dict(d.options)
     store = options.pop("feedback_store", None)  # masks from `rightfocus studio` (train only)
     if d.variant is not None:
         options["variant"] = d.variant
-    factory = DATASETS.get(d.dataset)
-    dataset = factory(
-        split=split,
-        root=d.root,
-        seed=d.seed,
-        image_size=d.image_size,
-        download=d.download,
-        **options,
-    )
     limit = d.max_train if split == "train" else d.max_test
-    dataset = _subset(dataset, limit, d.seed)
+    root = None if d.root is None else str(Path(d.root).expanduser().resolve())
+    key = json.dumps(
+        [d.dataset, split, root, d.seed, d.image_size, d.download, options, limit],
+        sort_keys=True,
+        default=str,
+    )
+    dataset = _BUILT.get(key)
+    if dataset is None:
+        factory = DATASETS.get(d.dataset)
+        dataset = factory(
+            split=split,
+            root=d.root,
+            seed=d.seed,
+            image_size=d.image_size,
+            download=d.download,
+            **options,
+        )
+        dataset = _subset(dataset, limit, d.seed)
+        size = _nbytes(dataset)
+        if size is not None and size <= _BUILT_BYTES:  # fixed in-memory samples: keep them
+            _BUILT[key] = dataset
+            while len(_BUILT) > _BUILT_MAX:
+                _BUILT.popitem(last=False)
+    else:
+        _BUILT.move_to_end(key)
     if store is not None and split == "train":
         dataset = FeedbackOverlay(dataset, store)
     return dataset
@@ -190,6 +317,7 @@ class ExperimentData(pl.LightningDataModule):
         self.val_dataset: Dataset[Any] | None = None
         self.test_dataset: Dataset[Any] | None = None
         self._train_loader: ResumableDataLoader | None = None
+        self._gathered: dict[int, tuple[Dataset[Any], Dataset[Any]]] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", None) and self.train_dataset is None:
@@ -263,7 +391,11 @@ class ExperimentData(pl.LightningDataModule):
         if epoch is not None:
             sampler.set_epoch(epoch)
         self._train_loader = ResumableDataLoader(
-            self.train_dataset, sampler, self._progress, self._epoch, **self._loader_kwargs()
+            self._in_memory(self.train_dataset),
+            sampler,
+            self._progress,
+            self._epoch,
+            **self._loader_kwargs(),
         )
         return self._train_loader
 
@@ -273,12 +405,22 @@ class ExperimentData(pl.LightningDataModule):
             "num_workers": workers,
             "persistent_workers": workers > 0,
             "generator": torch.Generator().manual_seed(self.config.data.seed),
+            "collate_fn": collate,
         }
+
+    def _in_memory(self, dataset: Dataset[Any]) -> Dataset[Any]:
+        """:func:`in_memory` of ``dataset``, gathered once per dataset object."""
+        key = id(dataset)
+        cached = self._gathered.get(key)
+        if cached is None or cached[0] is not dataset:
+            cached = (dataset, in_memory(dataset))
+            self._gathered[key] = cached
+        return cached[1]
 
     def eval_loader(self, dataset: Dataset[Any], batch_size: int | None = None) -> DataLoader:
         """A sequential loader (every rank sees the whole set)."""
         return DataLoader(
-            dataset,
+            self._in_memory(dataset),
             batch_size=batch_size or self.config.evaluation.batch_size,
             shuffle=False,
             **self._loader_kwargs(),
