@@ -237,3 +237,34 @@ def test_data_dependent_forward_is_refused(x):
     with pytest.raises(RuntimeError, match="called differently for the input and for the"):
         attribute(model, x, TARGET, "deeplift")
     assert hooks.count_hooks(model) == 0
+
+
+@pytest.mark.parametrize("net", [PoolCNN, MixedCNN])
+@pytest.mark.parametrize("method", ["deeplift", "deepshap"])
+def test_several_targets_share_the_passes_through_the_pooling_rule(net, method, x, monkeypatch):
+    """(B, K) targets: one pair of passes, the K multipliers batched through the max-pool and
+    rescale backward rules, equal to K separate calls (with their summation-to-delta gaps)."""
+    # a budget far above these tiny passes: no activation measurement (an extra forward pass
+    # whose occurrence depends on the machine's free memory)
+    monkeypatch.setenv("RIGHTFOCUS_MEMORY_BUDGET", "1024GB")
+    torch.manual_seed(0)
+    model = net().double().eval()
+    opts = (
+        {"baselines": torch.randn(3, 2, 8, 8, dtype=torch.float64)} if method == "deepshap" else {}
+    )
+    targets = torch.tensor([[0, 2], [2, 1], [1, 1], [2, 0]])
+    calls = []
+    handle = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        attr, delta = attribute(model, x, targets, method, return_delta=True, **opts)
+        n_multi = len(calls)
+        calls.clear()
+        attribute(model, x, targets[:, 0], method, **opts)
+        n_single = len(calls)
+    finally:
+        handle.remove()
+    assert n_multi == n_single  # the targets share every forward pass
+    for k in range(2):
+        single, single_delta = attribute(model, x, targets[:, k], method, return_delta=True, **opts)
+        close(attr[:, k], single, rtol=1e-12)
+        close(delta[:, k], single_delta, rtol=1e-12)
