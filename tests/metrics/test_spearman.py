@@ -21,3 +21,17 @@ def test_rows_match_scipy_with_ties() -> None:
     assert ours.shape == (4,) and float(ours[3]) == pytest.approx(-1.0)
     with pytest.raises(ValueError, match=r"\(B, N\)"):
         spearman(a, b[:, :3])
+
+
+def test_many_rows_match_torchmetrics_and_scipy() -> None:
+    """Saliency-like rows (many exact zeros tie) at the randomisation check's size."""
+    from torchmetrics.functional import spearman_corrcoef
+
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(64, 784, generator=g).relu().round(decimals=1)
+    b = a + 0.3 * torch.randn(64, 784, generator=g).relu()
+    ours = spearman(a, b)
+    ref = spearman_corrcoef(a.double().T, b.double().T)
+    np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=1e-6)  # its eps in the ranks
+    exact = [spearmanr(a[i].numpy(), b[i].numpy()).statistic for i in range(64)]
+    np.testing.assert_allclose(ours.numpy(), exact, rtol=1e-9)
