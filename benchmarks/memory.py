@@ -10,7 +10,7 @@ is reported with the extrapolation to batch 16.
 Each case runs in a fresh subprocess; peak memory is the process's peak resident set size
 (``ru_maxrss``) minus its resident size just before the call (model and input already built).
 
-Usage: ``python benchmarks/memory.py [--threads 2] [--steps 50]``; writes
+Usage: ``python benchmarks/memory.py [--threads 2] [--steps 50] [--cases A,B]``; writes
 ``benchmarks/results/memory.json``.
 """
 
@@ -83,12 +83,19 @@ def main(argv: list[str] | None = None) -> None:
         "it; time does; Captum's default is extrapolated to 50 steps)",
     )  # fmt: skip
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--cases", default=",".join(CASES), help=f"comma-separated subset of: {', '.join(CASES)}"
+    )
     args = parser.parse_args(argv)
     if args.case:
         print(json.dumps(run_case(args.case, args.threads, args.steps)))
         return
+    names = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = sorted(set(names) - set(CASES))
+    if unknown:
+        parser.error(f"unknown cases {unknown}; choose from {list(CASES)}")
     rows = []
-    for name in CASES:
+    for name in names:
         proc = subprocess.run(
             [sys.executable, __file__, "--case", name, "--threads", str(args.threads),
              "--steps", str(args.steps)],
@@ -112,7 +119,10 @@ def main(argv: list[str] | None = None) -> None:
                   f"{extra}", flush=True)  # fmt: skip
     from rightfocus._io import atomic_write_json
 
-    atomic_write_json(RESULTS, {"threads": args.threads, "steps": args.steps, "rows": rows})
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    command = " ".join(["python benchmarks/memory.py", *(sys.argv[1:] if argv is None else argv)])
+    atomic_write_json(RESULTS, {"threads": args.threads, "steps": args.steps, "rows": rows,
+                                "command": command, "load_average_after": load})  # fmt: skip
     print(f"wrote {RESULTS}")
 
 
