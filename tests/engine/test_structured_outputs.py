@@ -23,6 +23,7 @@ from rightfocus.guidance.base import GuidedBatch, guided_forward
 from rightfocus.guidance.bayes_feedback import BayesFeedback
 from rightfocus.guidance.rrr import RRR
 from rightfocus.metrics.faithfulness import deletion, log_odds_change
+from rightfocus.metrics.sanity import model_randomisation_check
 from rightfocus.models import LeNet
 
 NAME = "structured_lenet"
@@ -144,6 +145,8 @@ def test_guidance_and_metrics_on_a_configured_model(kind: str) -> None:
     curve = deletion(model, _x(), sal, target, steps=4)
     assert curve.scores.shape == (4, 5) and bool(torch.isfinite(curve.auc).all())
     assert log_odds_change(model, _x(), sal, target, k=50).shape == (4,)
+    check = model_randomisation_check(model, _x(), target)  # randomises deep copies
+    assert len(check.layers) == len(check.correlation) > 0
 
 
 def _config(tmp_path: Path, run: str, model: dict[str, Any], guidance: list[Any]) -> Any:
