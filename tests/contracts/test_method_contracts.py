@@ -214,6 +214,25 @@ def test_several_targets_equal_separate_calls(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_several_targets_share_the_forward_passes(name, monkeypatch):
+    """K targets in one call run the model as often as one target does: gradient methods batch
+    the K backward passes, perturbation methods score every model call for all K targets."""
+    # no activation measurement (an extra forward whose occurrence depends on free memory)
+    monkeypatch.setenv("RIGHTFOCUS_MEMORY_BUDGET", "1024GB")
+    model, x, _ = model_and_batch(batch=3)
+    targets = torch.tensor([[0, 2, 3], [1, 1, 0], [3, 0, 2]])
+    method = make(name)
+    model.calls = 0
+    method(model, x, targets[:, 0])
+    single = model.calls
+    model.calls = 0
+    method(model, x, targets)
+    assert model.calls == single, (
+        f"{name}: {model.calls} forward passes for 3 targets, {single} for 1"
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_several_targets_on_a_multi_label_model(name):
     """Sigmoid (multi-label) outputs: each sample's positive classes in one call."""
     model, x, _ = model_and_batch(batch=2)
