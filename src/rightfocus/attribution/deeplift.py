@@ -47,7 +47,13 @@ from rightfocus.attribution.base import (
     split_batch,
     target_gradients,
 )
-from rightfocus.attribution.targets import Target, fix_target, repeat_target, select
+from rightfocus.attribution.targets import (
+    Target,
+    class_target,
+    fix_target,
+    repeat_target,
+    select,
+)
 
 __all__ = ["ELEMENTWISE", "DeepLift", "DeepShap", "deeplift_rules", "paired_deeplift"]
 
@@ -616,9 +622,7 @@ class DeepShap(_Reference):
 
     def _attribute(self, model: nn.Module, x: Tensor, target: Target) -> Any:
         refs = self._references(x)
-        if target is None or isinstance(target, (int, Tensor)):
-            with torch.no_grad():
-                target = fix_target(model(x), target)
+        target = class_target(model, x, target)  # a forward pass only for None (predicted)
         # two images per pair (the input copy and its reference), each K times for K targets
         # (batched backward passes), count against the budget
         K = target.shape[1] if isinstance(target, Tensor) and target.dim() == 2 else 1
