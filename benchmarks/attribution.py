@@ -435,7 +435,8 @@ def cam_group(
         else:
             row = {"model": tag, "method": r["method"], "batch": r["batch"],
                    "images_per_s": r["ours_ips"], "peers": {r["peer"]: r["peer_ips"]},
-                   "notes": [], "repeats": r["rounds"], "source": "cam_speed.py"}  # fmt: skip
+                   "notes": [r["note"]] if "note" in r else [], "repeats": r["rounds"],
+                   "source": "cam_speed.py"}  # fmt: skip
             out.append(row)
         fastest = max(row["peers"], key=row["peers"].__getitem__)
         row["fastest_peer"] = fastest
@@ -475,6 +476,7 @@ def meta(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "cpu": _cpu_name(), "command": "python benchmarks/attribution.py " + " ".join(argv),
         "ig_steps": IG_STEPS, "noise_samples": NT_SAMPLES,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_average": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
     }  # fmt: skip
 
 
