@@ -26,6 +26,10 @@ MODEL_TITLES = {  # full runs: LeNet-5 batch 256, ResNet-18 16, ViT 8; --quick: 
 }
 
 
+QUICK_TEXT = (
+    "Integrated Gradients 10 steps, SmoothGrad / SmoothGrad² / VarGrad 4 samples, Kernel SHAP "
+    "and LIME 50 coalitions, RISE 100 masks"
+)
 HEADER = "| method | batch | ours img/s | peers img/s | vs fastest peer | vs floor | goal | notes |"
 
 
@@ -38,14 +42,31 @@ def _ratio(v: float | None) -> str:
     return f"{v:.2f}x" if isinstance(v, (int, float)) else "-"
 
 
+def _run_line(run: dict[str, Any]) -> str:
+    quick = " (quick settings)" if run.get("quick") else ""
+    load = run.get("load_average", "not recorded")
+    return (f"- `{run['command'].strip()}`{quick} — {run.get('date', '?')}, "
+            f"{run.get('threads', '?')} torch threads, load {load}")  # fmt: skip
+
+
 def attribution_section(data: dict[str, Any]) -> list[str]:
     meta = data["meta"]
+    runs = meta.get("runs") or [meta]
     lines = [
         "## Attribution methods",
         "",
-        f"Command: `{meta['command'].strip()}`"
-        + (" (quick settings)" if meta["quick"] else "")
-        + ("" if data.get("finished") else " — **stopped early: rows below are what finished**"),
+        "Commands (each `--only` group ran alone, one after the other; date and load average "
+        "at its start):",
+        "",
+        *[_run_line(r) for r in runs],
+        "",
+        ("" if data.get("finished") else "**Stopped early: rows below are what finished.** ")
+        + "`--quick` keeps the batches (LeNet-5 256, ResNet-18 16, ViT 8) and uses cheaper "
+        f"settings, the same for every library: {QUICK_TEXT}. On ResNet-18 and the ViT the "
+        "methods of many passes get one timed round after a warm-up call of every library on "
+        "2 images; the others (and all of LeNet-5) get a warm-up call right before each timed "
+        "call (`torch.utils.benchmark`) and the median of the rounds. Rows of `--quick` runs "
+        "before 18:40 UTC on 2026-12-01 used 2 images of the large models (the batch column).",
         "",
         "Images/s (higher is better), median of interleaved repeats. *vs fastest peer* is ours "
         "divided by the fastest peer that has the method (>= 1.00x: we are at least as fast); "
@@ -80,26 +101,31 @@ def attribution_section(data: dict[str, Any]) -> list[str]:
 
 def memory_section(data: dict[str, Any]) -> list[str]:
     steps = data["steps"]
+    command = data.get("command", f"python benchmarks/memory.py --steps {steps}")
+    load = data.get("load_average_after")
     lines = [
         f"## Memory: Integrated Gradients, {steps} steps, ResNet-18, batch 16",
         "",
-        f"Command: `python benchmarks/memory.py --steps {steps}`. Each case in a fresh process; "
-        "peak = peak "
+        f"Command: `{command}`"
+        + (f" (load average {load} at its end)" if load else "")
+        + ". Each case in a fresh process; peak = peak "
         "resident memory minus the resident memory before the call. Goal: <= 2 GB at no worse "
         "throughput than Captum's best setting.",
         "",
-        "| case | img/s | peak GB | note |",
-        "|---|---:|---:|---|",
+        "| case | steps | img/s | peak GB | note |",
+        "|---|---:|---:|---:|---|",
     ]
     for r in data["rows"]:
         if "error" in r:
-            lines.append(f"| {r['case']} | error | | {r['error']} |")
+            lines.append(f"| {r['case']} | | error | | {r['error']} |")
             continue
         note = ""
         if "extrapolated_batch16_gb" in r:
             note = (f"batch {r['batch']}, all path points in one pass; "
                     f"~{r['extrapolated_batch16_gb']:.1f} GB at batch 16 and 50 steps")  # fmt: skip
-        lines.append(f"| {r['case']} | {r['images_per_s']:.3g} | {r['peak_gb']:.2f} | {note} |")
+        note = "; ".join(x for x in (note, r.get("note", "")) if x)
+        lines.append(f"| {r['case']} | {r.get('steps', steps)} | {r['images_per_s']:.3g} | "
+                     f"{r['peak_gb']:.2f} | {note} |")  # fmt: skip
     return [*lines, ""]
 
 
@@ -122,14 +148,21 @@ def multitarget_section(data: dict[str, Any]) -> list[str]:
 
 
 def quantus_section(data: dict[str, Any]) -> list[str]:
+    load = data.get("load_average")
     lines = [
         "## Evaluation metrics vs Quantus",
         "",
-        f"Command: `{data.get('command', 'python benchmarks/quantus_metrics.py')}`. Same "
-        f"trained LeNet, {data['rows'][0]['images']} MNIST images, same attributions; goal >= 10x.",
+        f"Command: `{data.get('command', 'python benchmarks/quantus_metrics.py')}`"
+        + (f" ({data.get('date', '')}, load average {load} at its end)" if load else "")
+        + f". Same trained LeNet, {data['rows'][0]['images']} MNIST images, same attributions; "
+        "goal >= 10x. *Model floor*: the model work both libraries must do (the deletion "
+        "curve's forward passes in one batch; the check's six saliency calls); *bound* = "
+        "Quantus s / floor s, the largest speed-up any implementation running that model work "
+        "can reach.",
         "",
-        "| metric | Quantus equivalent | ours s | Quantus s | speed-up | agreement |",
-        "|---|---|---:|---:|---:|---|",
+        "| metric | Quantus equivalent | ours s | Quantus s | speed-up | model floor s | bound | "
+        "agreement |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in data["rows"]:
         if r["metric"] == "deletion":
@@ -140,8 +173,10 @@ def quantus_section(data: dict[str, Any]) -> list[str]:
                 f"{k} {v:.2f}/{theirs[k]:.2f}" for k, v in ours.items() if k in theirs
             )
             agree = f"Spearman after randomising up to each layer, ours/Quantus: {pairs}"
+        floor = f"{r['floor_s']:.3f}" if "floor_s" in r else "-"
+        bound = f"{r['max_speedup']:.1f}x" if "max_speedup" in r else "-"
         lines.append(f"| {r['metric']} | {r['peer']} | {r['ours_s']:.3f} | {r['peer_s']:.3f} | "
-                     f"{r['speedup']:.1f}x | {agree} |")  # fmt: skip
+                     f"{r['speedup']:.1f}x | {floor} | {bound} | {agree} |")  # fmt: skip
     return [*lines, ""]
 
 
@@ -151,9 +186,11 @@ def _merge_partial_runs() -> dict[str, Any] | None:
     parts = [json.loads(p.read_text()) for p in files]
     if not parts:
         return None
-    meta = dict(parts[0]["meta"])
+    meta = dict(parts[-1]["meta"])  # the newest run's machine and versions
     meta["command"] = "; ".join(p["meta"]["command"].strip() for p in parts)
     meta["quick"] = any(p["meta"]["quick"] for p in parts)
+    latest = {(r["model"], r["method"]): id(p) for p in parts for r in p["rows"]}
+    meta["runs"] = [p["meta"] for p in parts if id(p) in latest.values()]  # runs with rows shown
     latest = {(r["model"], r["method"]): r for p in parts for r in p["rows"]}  # newest wins
     rows = sorted(latest.values(), key=lambda r: [r2 for p in parts for r2 in p["rows"]].index(r))
     return {"meta": meta, "rows": rows, "finished": all(p.get("finished") for p in parts)}
@@ -174,8 +211,9 @@ def render() -> str:
         meta = attribution["meta"]
         versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v)
         lines += [
-            f"- Date: {meta['date']}; machine: {meta['cpu']} ({meta['machine']}), "
-            f"{meta['threads']} torch threads, Python {meta['python']}, shared with other jobs",
+            f"- Date: {meta['date']}; machine: {meta['cpu']} ({meta['machine']}), 2 cores, "
+            f"Python {meta['python']}, shared with other jobs (torch threads and load average "
+            "per run below)",
             f"- Versions: rightfocus {meta['rightfocus']}, {versions}",
             "",
         ]
