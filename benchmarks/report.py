@@ -104,7 +104,7 @@ def memory_section(data: dict[str, Any]) -> list[str]:
     command = data.get("command", f"python benchmarks/memory.py --steps {steps}")
     load = data.get("load_average_after")
     lines = [
-        f"## Memory: Integrated Gradients, {steps} steps, ResNet-18, batch 16",
+        "## Memory: Integrated Gradients on ResNet-18, batch 16",
         "",
         f"Command: `{command}`"
         + (f" (load average {load} at its end)" if load else "")
