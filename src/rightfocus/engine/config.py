@@ -21,21 +21,23 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import inspect
 import re
 from collections.abc import Mapping, Sequence
 from difflib import get_close_matches
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rightfocus import configs as shipped_configs
 from rightfocus._registry import DATASETS, GUIDANCE, METHODS, MODELS
 from rightfocus.errors import UserError, one_line
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 __all__ = [
     "METRIC_NAMES",
@@ -248,10 +250,16 @@ def parse_yaml(text: str, source: str = "<string>") -> Any:
 
 def _container(node: Any) -> Any:
     """Plain Python dicts / lists of an OmegaConf node (``${...}`` kept as text, unresolved)."""
+    from omegaconf import OmegaConf  # heavy: OmegaConf (~80 modules), only for base: / --set
+
     return OmegaConf.to_container(node, resolve=False)
 
 
 def _omega(raw: Mapping[str, Any], source: str) -> DictConfig:
+    # heavy: OmegaConf (~80 modules), only for base: / --set
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
     try:
         return OmegaConf.create(dict(raw))
     except OmegaConfBaseException as err:
@@ -261,6 +269,8 @@ def _omega(raw: Mapping[str, Any], source: str) -> DictConfig:
 def _merge(base: Mapping[str, Any], over: Mapping[str, Any], source: str) -> dict[str, Any]:
     """``over`` merged into ``base`` by OmegaConf: sections merge key by key, any other value
     (lists included) is replaced."""
+    from omegaconf import OmegaConf  # heavy: OmegaConf (~80 modules), only for base: / --set
+
     merged = OmegaConf.merge(_omega(base, source), _omega(over, source))
     return cast(dict[str, Any], _container(merged))
 
@@ -321,6 +331,12 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
     Raises:
         ConfigError: an override without ``=``, with an empty key or a bad list index.
     """
+    if not overrides:
+        return copy.deepcopy(dict(raw))
+    # heavy: OmegaConf (~80 modules), only for base: / --set
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
     cfg = _omega(raw, "config")
     for override in overrides:
         if "=" not in override:
