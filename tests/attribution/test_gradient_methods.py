@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rightfocus import attribute
+from rightfocus.attribution.base import batched_vjp, target_gradients
 from rightfocus.attribution.gradient import riemann_steps
 
 
@@ -303,3 +304,38 @@ def test_without_create_graph_no_graph_is_kept(model, x, target):
         attr = attribute(model, x, target, method)
         assert not attr.requires_grad
         assert all(p.requires_grad for p in model.parameters())
+
+
+class _UnbatchableSquare(torch.autograd.Function):
+    """x^2 whose backward writes into a fresh tensor in place: vmap cannot batch that."""
+
+    @staticmethod
+    def forward(ctx, v):
+        ctx.save_for_backward(v)
+        return v * v
+
+    @staticmethod
+    def backward(ctx, grad):
+        (v,) = ctx.saved_tensors
+        out = torch.zeros(v.shape, dtype=v.dtype)
+        out.copy_(2 * v * grad)
+        return out
+
+
+@pytest.mark.parametrize("batchable", [True, False])
+def test_batched_vjp_equals_one_backward_per_cotangent(batchable):
+    """K cotangents through one retained graph: the vmap-batched backward, and its fallback
+    (one backward per cotangent) when an operation cannot be batched, give the plain VJPs."""
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 4).double()
+    x = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+    square = (lambda v: v * v) if batchable else _UnbatchableSquare.apply
+    out = lin(square(x))
+    cot = torch.randn(3, 5, 4, dtype=torch.float64)
+    expected = torch.stack([torch.autograd.grad(out, x, c, retain_graph=True)[0] for c in cot])
+    torch.testing.assert_close(batched_vjp(out, x, cot), expected, rtol=1e-12, atol=0)
+    out = lin(square(x))  # a fresh graph (the fallback frees it after the last product)
+    rows = torch.stack([torch.autograd.grad(out[:, k].sum(), x, retain_graph=True)[0]
+                        for k in range(4)], dim=1)  # fmt: skip
+    jac = target_gradients(out, x)  # (5, 4, 6): d out[:, k] / d x
+    torch.testing.assert_close(jac, rows, rtol=1e-12, atol=0)
