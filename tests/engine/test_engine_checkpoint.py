@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch
 from rightfocus.engine.checkpoint import (
     AtomicCheckpointIO,
     CheckpointError,
+    ResumeCheckpoint,
     load_checkpoint,
     remove_stale_temp_files,
     rng_state,
@@ -115,3 +117,40 @@ def test_epoch_batch_sampler_order_depends_on_seed_and_epoch_and_skips() -> None
         assert len(r) == len(r_sampler)
     merged = [sorted(a + b) for a, b in zip(ranks[0], ranks[1], strict=True)]
     assert merged == [sorted(b) for b in EpochBatchSampler(10, 4, seed=5)]
+
+
+def test_resume_checkpoint_saves_n_steps_after_its_last_save_and_at_epoch_ends(
+    tmp_path: Path,
+) -> None:
+    """Epochs of 5 steps, every_n_steps 7: mid-epoch saves only when 7 steps have passed since
+    the previous save (epoch ends included), never after an epoch's last batch."""
+    saved: list[int] = []
+    current = SimpleNamespace(processed=0, completed=0)
+    progress = SimpleNamespace(current=current, is_last_batch=False)
+    trainer = SimpleNamespace(
+        global_step=0,
+        num_training_batches=5,
+        fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)),
+    )
+    trainer.save_checkpoint = lambda path, weights_only: saved.append(trainer.global_step)
+    callback = ResumeCheckpoint(tmp_path, every_n_steps=7)
+    callback.on_train_start(trainer, None)  # type: ignore[arg-type]
+    for _epoch in range(4):
+        for b in range(5):
+            trainer.global_step += 1
+            current.processed = b + 1
+            progress.is_last_batch = b == 4
+            callback.on_train_batch_end(trainer)  # type: ignore[arg-type]
+        callback.on_train_epoch_end(trainer, None)  # type: ignore[arg-type]
+    assert saved == [5, 10, 15, 20]  # 5-step epochs never reach 7 steps since a save
+    saved.clear()
+    callback = ResumeCheckpoint(tmp_path, every_n_steps=2)
+    trainer.global_step = 20  # resumed from the checkpoint of step 20
+    callback.on_train_start(trainer, None)  # type: ignore[arg-type]
+    for b in range(5):
+        trainer.global_step += 1
+        current.processed = b + 1
+        progress.is_last_batch = b == 4
+        callback.on_train_batch_end(trainer)  # type: ignore[arg-type]
+    callback.on_train_epoch_end(trainer, None)  # type: ignore[arg-type]
+    assert saved == [22, 24, 25]  # not after the last batch (25) until the epoch end

@@ -5,9 +5,10 @@
   file next to the target, fsyncs it and renames it over the target, so a kill at any moment
   leaves either the old or the new checkpoint, never a partial one. Loads use
   ``torch.load(..., weights_only=True)``: a checkpoint carrying pickled Python objects is refused.
-* :class:`ResumeCheckpoint` saves ``last.ckpt`` every N training steps and at each epoch end
-  (after validation), never after an epoch's last batch: a checkpoint there would resume as
-  "epoch done" and skip the validation that follows (and with it best-checkpoint selection).
+* :class:`ResumeCheckpoint` saves ``last.ckpt`` at each epoch end (after validation) and N
+  training steps after its previous save, never after an epoch's last batch: a checkpoint there
+  would resume as "epoch done" and skip the validation that follows (and with it
+  best-checkpoint selection).
 * :func:`rng_state` / :func:`set_rng_state` capture and restore every random generator, so a
   resumed run draws the same random numbers (MC samples, dropout, noise) as an uninterrupted one.
 """
@@ -190,7 +191,9 @@ class AtomicCheckpointIO(CheckpointIO):
 
 
 class ResumeCheckpoint(pl.Callback):
-    """Save ``<dirpath>/last.ckpt`` every ``every_n_steps`` optimizer steps and at epoch ends.
+    """Save ``<dirpath>/last.ckpt`` at epoch ends and whenever ``every_n_steps`` optimizer steps
+    have passed since the last save (so a kill loses at most that many steps; epochs shorter
+    than ``every_n_steps`` are saved only at their ends, no extra write per epoch).
 
     Runs after Lightning's ``ModelCheckpoint`` (checkpoint callbacks are ordered last and keep
     their relative order) so the saved state includes its best-model bookkeeping.
@@ -201,23 +204,31 @@ class ResumeCheckpoint(pl.Callback):
             raise ValueError(f"every_n_steps must be >= 1 or None, got {every_n_steps}")
         self.dirpath = Path(dirpath)
         self.every_n_steps = every_n_steps
+        self._saved_step = 0  # the global step of the last save (or of the resumed checkpoint)
 
     @property
     def path(self) -> Path:
         return self.dirpath / LAST
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._saved_step = trainer.global_step
+
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         n = self.every_n_steps
-        if n is None or trainer.global_step == 0 or trainer.global_step % n:
+        if n is None or trainer.global_step - self._saved_step < n:
             return
         progress = trainer.fit_loop.epoch_loop.batch_progress
         done = getattr(progress.current, "processed", progress.current.completed)
         if progress.is_last_batch or done >= trainer.num_training_batches:
             return  # the epoch-end checkpoint (after validation) follows
-        trainer.save_checkpoint(self.path, weights_only=False)
+        self._save(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save(trainer)
+
+    def _save(self, trainer: pl.Trainer) -> None:
         trainer.save_checkpoint(self.path, weights_only=False)
+        self._saved_step = trainer.global_step
 
 
 def rng_state() -> dict[str, Any]:

@@ -6,7 +6,8 @@ A run folder ``<runs_dir>/<experiment>/<run>/`` holds::
     config.yaml              the resolved config (written first; a different config is refused
                              once the run has a checkpoint, else replaced)
     batch_size.json          the batch size found by ``batch_size: auto`` (reused on resume)
-    checkpoints/last.ckpt    every ``trainer.checkpoint_every_n_steps`` steps and epoch end
+    checkpoints/last.ckpt    at epoch ends and ``trainer.checkpoint_every_n_steps`` steps after
+                             the previous save
     checkpoints/best.ckpt    best validation ``evaluation.monitor`` (weights only)
     tensorboard/             every loss term and metric (TensorBoard events)
     timing.json              seconds spent inside training steps (engine.timing)
