@@ -200,6 +200,7 @@ def test_train_validation_errors_in_process(
         (["evaluate", "RUN", "--split", "train"], "--split 'train' is not a split of a run"),
         (["evaluate", "RUN"], "RUN is not a run folder: it has no config.yaml"),
         (["list", "foo"], "choose one of all, datasets, guidance, methods, models"),
+        (["reproduce", "decoy-mnist", "--jobs", "-1", "--out", "FILE/r"], "--jobs -1"),
         (["train"], "Missing argument 'config'"),
         (["trian"], "No such command 'trian'"),
     ],

@@ -374,6 +374,11 @@ def reproduce_cmd(
         "(default) and bayes_feedback_rf (receptive-field mask projection).",
     ),
     folds: str = typer.Option(None, help="decoy-mnist: comma-separated fold indices (0,1,2)."),
+    jobs: int = typer.Option(
+        0,
+        help="decoy-mnist: runs trained at a time in worker processes (0: one per CPU core, "
+        "at most 4; 1 when training on a GPU).",
+    ),
 ) -> None:
     """Reproduce a paper experiment: every method x fold, then the paper's tables and a report.
 
@@ -387,6 +392,8 @@ def reproduce_cmd(
     known = ("decoy-mnist", "isic", "pets", "sbd", "proxy-attention", "active-feedback")
     if experiment not in known:
         raise UserError(f"unknown experiment {experiment!r}", hint=f"choose {', '.join(known)}")
+    if jobs < 0:
+        raise UserError(f"--jobs {jobs}", hint="use 0 (one per CPU core) or a positive count")
     from rightfocus.engine.reproduce import reproduce  # heavy: imports Lightning
     from rightfocus.feedback.active import reproduce_active_feedback  # heavy: imports Lightning
 
@@ -407,6 +414,7 @@ def reproduce_cmd(
                 variants=variants.split(",") if variants else None,
                 methods=methods.split(",") if methods else None,
                 folds=[int(f) for f in folds.split(",")] if folds else None,
+                jobs=jobs,
             )
     except RuntimeError as err:  # datasets that must be downloaded say what is missing
         if user_message(err) is not None:

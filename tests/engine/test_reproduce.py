@@ -101,7 +101,10 @@ def test_quick_decoy_mnist_position_shows_the_shortcut_and_rrr_removes_it(tmp_pa
             "evaluation.mc_samples=2",
         ],
         log=print,
+        jobs=2,  # the three runs in two worker processes
     )
+    assert result.jobs == 2 and len(result.run_seconds) == 3
+    assert 0.0 < result.overhead_share < 1.0
     reliance = result.tables["Decoy reliance"]
 
     def value(metric: str, method: str) -> float:
@@ -121,3 +124,21 @@ def test_quick_decoy_mnist_position_shows_the_shortcut_and_rrr_removes_it(tmp_pa
     assert page.count("data:image/png;base64,") == len(links)
     for heading in ("Table 1", "Table 2", "Decoy reliance", "Calibration", "Protocol notes"):
         assert heading in page
+
+
+def test_overhead_share_counts_the_time_of_every_worker() -> None:
+    from rightfocus.engine.reproduce import ReproduceResult
+
+    one = ReproduceResult(Path("r"), {}, {}, seconds=100.0, train_step_seconds=80.0)
+    two = ReproduceResult(Path("r"), {}, {}, seconds=50.0, train_step_seconds=80.0, jobs=2)
+    assert one.overhead_share == pytest.approx(0.2)
+    assert two.overhead_share == pytest.approx(0.2)  # 2 workers x 50 s, 80 s of steps
+
+
+def test_auto_jobs_one_per_core_on_the_cpu(tmp_path: Path) -> None:
+    import os
+
+    from rightfocus.engine.reproduce import auto_jobs, decoy_mnist_configs
+
+    configs = decoy_mnist_configs(tmp_path, variants=("position",), methods=("none",), folds=(0,))
+    assert auto_jobs(configs) == max(1, min(4, len(os.sched_getaffinity(0))))
