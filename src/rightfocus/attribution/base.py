@@ -400,16 +400,18 @@ def batched_vjp(
     ``torch.func.vmap`` over ``torch.autograd.grad``, whose batching rules fold a chunk of the
     K cotangents into the batch axis of each backward kernel (one convolution backward on
     ``chunk * N`` images; the legacy ``is_grads_batched=True`` loops over K inside convolution
-    and pooling backward). A chunk holds about ``PASS_ELEMENTS`` input values per thread, as
-    the ``auto`` pass size does: larger kernels leave the CPU caches (measured on LeNet-5,
-    batch 256, 10 targets, under load: 1 thread, chunks of 2 were 1.4x faster than all 10 at
-    once; 2 threads, chunks of 5 within 15 % of all 10). Custom rules (guided backpropagation,
+    and pooling backward). A chunk holds about ``PASS_ELEMENTS`` input values, as the ``auto``
+    pass size does; larger batched kernels leave the CPU caches and were slower per image
+    than one VJP at a time (LeNet-5, batch 256, 10 targets: 1 thread, chunks of 2 were 1.4x
+    faster than all 10 at once; 2 threads on a lightly loaded machine, chunks of 5 slower than
+    10 separate calls). Only on a heavily loaded machine did larger chunks win (fewer thread
+    synchronisations). Custom rules (guided backpropagation,
     DeepLIFT, LRP) are batched the same way. Where an operation has no batching rule, and
     with ``create_graph``, they run one after another. Either way the forward pass is shared
     by the K products.
     """
     K = cotangents.shape[0]
-    chunk = min(K, PASS_ELEMENTS * torch.get_num_threads() // max(1, inp.numel()))
+    chunk = min(K, PASS_ELEMENTS // max(1, inp.numel()))
     if chunk > 1 and not create_graph:
 
         def vjp(v: Tensor) -> Tensor:
