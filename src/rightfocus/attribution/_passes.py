@@ -53,6 +53,14 @@ class PassLayout:
         if self.channels_last:
             try:
                 return run(images.contiguous(memory_format=torch.channels_last))
-            except RuntimeError:  # e.g. .view() of a channels-last feature map
+            except RuntimeError as err:  # e.g. .view() of a channels-last feature map
+                if not is_layout_refusal(err):
+                    raise  # the model's own error: never retried, never swallowed
                 self.channels_last = False
         return run(images)
+
+
+def is_layout_refusal(err: RuntimeError) -> bool:
+    """Whether ``err`` is a model refusing channels-last strides (``.view`` of a feature map:
+    "view size is not compatible with input tensor's size and stride ... contiguous ...")."""
+    return "stride" in str(err) or "contiguous" in str(err)

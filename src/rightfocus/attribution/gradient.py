@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from rightfocus import hooks
+from rightfocus.attribution._passes import is_layout_refusal
 from rightfocus.attribution.base import (
     Attribution,
     broadcast_baseline,
@@ -288,7 +289,7 @@ class IntegratedGradients(_Gradient):
                     nhwc = path.contiguous(memory_format=torch.channels_last)
                     grads = input_gradient(model, nhwc, tgt).contiguous()
                 except RuntimeError as err:  # only a layout refusal is retried
-                    if "stride" not in str(err) and "contiguous" not in str(err):
+                    if not is_layout_refusal(err):
                         raise
                     channels_last = False
             if grads is None:
