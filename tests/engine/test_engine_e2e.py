@@ -110,8 +110,8 @@ def test_validation_on_the_mean_network_with_val_mc_samples_zero() -> None:
     import torch
 
     from rightfocus import bayes
-    from rightfocus.engine.config import load_config_dict
     from rightfocus.bayes.inference import predict_probs
+    from rightfocus.engine.config import load_config_dict
     from rightfocus.models import LeNet
 
     model = bayes.to_bayesian(LeNet(), rho_init=-2.0)
