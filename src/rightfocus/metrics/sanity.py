@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rightfocus.attribution import attribute
 from rightfocus.metrics.explanation import magnitude
 
 __all__ = ["RandomisationResult", "average_ranks", "model_randomisation_check", "spearman"]
@@ -93,7 +94,6 @@ def model_randomisation_check(
     ``f(model, x, target) -> attribution``. ``absolute`` compares ``sum_c |attr|`` (Adebayo et
     al.'s default); ``False`` compares the signed, channel-summed attributions.
     """
-    from rightfocus.attribution import attribute
 
     def explain(m: nn.Module) -> Tensor:
         if callable(method):

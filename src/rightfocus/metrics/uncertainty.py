@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from rightfocus import hooks
+from rightfocus.attribution import attribute
 from rightfocus.bayes.inference import expected_entropy, mutual_information, predictive_entropy
 from rightfocus.metrics._checks import check_labels, check_probs
 
@@ -70,8 +71,6 @@ def explanation_uncertainty(
     ``target=None`` explains the class predicted by the MC-mean probabilities, the same class
     for every draw. Seeded without touching the global RNG state.
     """
-    from rightfocus.attribution import attribute
-
     if samples < 2:
         raise ValueError(f"samples must be >= 2 for a standard deviation, got {samples}")
     draws = []
