@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from rightfocus import hooks
+from rightfocus._pooling import MaxPool2d
 from rightfocus.attribution._unsupported import refuse_unsupported
 from rightfocus.attribution.base import (
     Attribution,
@@ -64,6 +65,7 @@ ELEMENTWISE: tuple[type[nn.Module], ...] = (
 _POOLS: dict[type[nn.Module], Callable[..., Any]] = {
     nn.MaxPool1d: F.max_pool1d,
     nn.MaxPool2d: F.max_pool2d,
+    MaxPool2d: F.max_pool2d,  # nn.MaxPool2d with a fast no-grad CPU path (LeNet's pools)
     nn.MaxPool3d: F.max_pool3d,
 }
 

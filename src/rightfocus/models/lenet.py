@@ -7,6 +7,8 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
+from rightfocus._pooling import MaxPool2d
+
 __all__ = ["LeNet", "LeNet5"]
 
 
@@ -35,10 +37,10 @@ class LeNet(nn.Module):
             OrderedDict(
                 conv1=nn.Conv2d(in_channels, 6, k, padding=self.padding),
                 relu1=nn.ReLU(),
-                pool1=nn.MaxPool2d(2),
+                pool1=MaxPool2d(2),
                 conv2=nn.Conv2d(6, 16, k),
                 relu2=nn.ReLU(),
-                pool2=nn.MaxPool2d(2),
+                pool2=MaxPool2d(2),
             )
         )
         self.classifier = nn.Sequential(
