@@ -142,3 +142,12 @@ def test_auto_jobs_one_per_core_on_the_cpu(tmp_path: Path) -> None:
 
     configs = decoy_mnist_configs(tmp_path, variants=("position",), methods=("none",), folds=(0,))
     assert auto_jobs(configs) == max(1, min(4, len(os.sched_getaffinity(0))))
+
+
+def test_runs_are_started_longest_first(tmp_path: Path) -> None:
+    from rightfocus.engine.reproduce import estimated_cost
+
+    configs = decoy_mnist_configs(tmp_path, quick=True)
+    cost = {c.run.split("_fold")[0]: estimated_cost(c) for c in configs}
+    assert cost["rrr"] > cost["counterexamples"] > cost["bayes_feedback"] > cost["none"]
+    assert cost["none"] == 30.0  # epochs x 1 for plain training
