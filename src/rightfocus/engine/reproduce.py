@@ -507,7 +507,7 @@ def auto_jobs(configs: Sequence[Any]) -> int:
 #: Training-step cost of one epoch with a guidance method relative to plain training (Bayesian
 #: LeNet on Decoy MNIST, measured by the 200-epoch reproduction's timing.json files); methods not
 #: listed count as RELATIVE_COST_DEFAULT. Only the order runs are started in depends on it.
-RELATIVE_COST = {"bayes_feedback": 0.15, "counterexamples": 0.18, "rrr": 0.6}
+RELATIVE_COST = {"bayes_feedback": 0.15, "counterexamples": 0.18, "rrr": 1.7}
 RELATIVE_COST_DEFAULT = 0.25
 
 
