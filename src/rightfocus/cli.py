@@ -358,7 +358,7 @@ def reproduce_cmd(
     quick: bool = typer.Option(
         False,
         "--quick",
-        help="Fewer epochs (decoy-mnist: 30 per run, not 200; about 7 minutes on 2 cores).",
+        help="Fewer epochs (decoy-mnist: 30 per run, not 200; about 8 minutes on 2 cores).",
     ),
     out: str = typer.Option(None, help="Runs folder (default: runs/reproduce-<experiment>)."),
     root: str = typer.Option(None, help="Dataset folder for isic / pets / sbd."),
