@@ -23,7 +23,17 @@ SRC = Path(rightfocus.__file__).resolve().parent
 
 LAYERS: list[set[str]] = [
     # foundation
-    {"_io", "_registry", "_modules", "_pooling", "hooks", "errors", "configs", "_images", "_events"},
+    {
+        "_io",
+        "_registry",
+        "_modules",
+        "_pooling",
+        "hooks",
+        "errors",
+        "configs",
+        "_images",
+        "_events",
+    },
     {"bayes"},
     {"attribution", "data", "models"},
     {"metrics", "analysis"},
