@@ -30,6 +30,10 @@ import rightfocus.engine.run as run_mod
 from rightfocus.cli import main
 from rightfocus.engine.checkpoint import AtomicCheckpointIO, ResumeCheckpoint
 
+# Ctrl-C as in a terminal: a parent started in the background (``cmd &`` in a script) leaves
+# SIGINT ignored, and Python then installs no KeyboardInterrupt handler of its own
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 PHASE, _, ARG = os.environ.get("RF_TEST_KILL", "").partition(":")
 N = int(ARG) if ARG else -1
 LOG = os.environ.get("RF_TEST_ORDER_LOG")
