@@ -151,3 +151,31 @@ def test_runs_are_started_longest_first(tmp_path: Path) -> None:
     cost = {c.run.split("_fold")[0]: estimated_cost(c) for c in configs}
     assert cost["rrr"] > cost["counterexamples"] > cost["bayes_feedback"] > cost["none"]
     assert cost["none"] == 30.0  # epochs x 1 for plain training
+    # a run's analysis follows its training in the same worker: clean runs probe every variant
+    analysed = {
+        (c.data.dataset, c.run.split("_fold")[0]): estimated_cost(c, ("position", "color"))
+        for c in configs
+    }
+    assert analysed[("mnist", "none")] > analysed[("decoy_mnist", "none")] > 30.0
+
+
+def test_each_run_is_analysed_by_the_worker_that_trained_it(tmp_path: Path) -> None:
+    """``analyse`` makes ``_run_all`` leave every run with its decoy analysis (the clean
+    baseline probed on the variants given), so the report step only reads them."""
+    import json
+
+    from rightfocus.engine.reproduce import _run_all
+
+    configs = decoy_mnist_configs(
+        tmp_path,
+        variants=("position",),
+        methods=("none",),
+        folds=(0,),
+        quick=True,
+        overrides=["optim.epochs=1", "evaluation.mc_samples=2"],
+    )
+    seconds, steps = _run_all(configs, lambda s: None, jobs=1, analyse=("position",))
+    assert len(seconds) == 2 and steps > 0
+    for c in configs:
+        analysis = json.loads((c.run_dir / "analysis.json").read_text())
+        assert list(analysis) == ["position"], c.run_dir

@@ -261,7 +261,32 @@ def reproduce_decoy_mnist(
         clean_baseline=clean_baseline,
     )
     jobs = auto_jobs(configs) if jobs == 0 else jobs
-    seconds, steps = _run_all(configs, log, jobs)
+    # one pool for the runs (each analysed in its worker) and then the figures, so the workers
+    # start (import torch and Lightning) once and the figures are drawn side by side
+    pool = worker_pool(jobs) if jobs > 1 and len(configs) > 1 else None
+    try:
+        return _decoy_mnist(
+            configs, runs_dir, quick, variants, methods, log, clean_baseline, jobs, pool, start
+        )
+    finally:
+        if pool is not None:  # the workers exit in the background
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _decoy_mnist(
+    configs: Sequence[Any],
+    runs_dir: str | Path,
+    quick: bool,
+    variants: Sequence[str],
+    methods: Sequence[str],
+    log: Callable[[str], None],
+    clean_baseline: bool,
+    jobs: int,
+    pool: ProcessPoolExecutor | None,
+    start: float,
+) -> ReproduceResult:
+    """:func:`reproduce_decoy_mnist` once its configs and workers are set up."""
+    seconds, steps = _run_all(configs, log, jobs, analyse=variants, pool=pool)
     t_analysis = time.perf_counter()
     rows = _analyse_all(configs, variants, log)
     analysis_seconds = time.perf_counter() - t_analysis
@@ -284,7 +309,7 @@ def reproduce_decoy_mnist(
     }
     t_report = time.perf_counter()
     fig_dir = Path(runs_dir) / "figures"
-    figures = _decoy_figures(configs, rows, order, columns, fig_dir)
+    figures = _decoy_figures(rows, order, columns, fig_dir, pool)
     anchors = _anchor_table(rows, [v for v in order if v in ("ross", "cdep")])
     report = write_report(
         runs_dir,
@@ -364,17 +389,30 @@ def _anchor_table(rows: Any, variants: Sequence[str]) -> Any:
 
 
 def _decoy_figures(
-    configs: Sequence[Any],
     rows: Any,
     variants: Sequence[str],
     methods: Sequence[str],
     fig_dir: Path,
+    pool: ProcessPoolExecutor | None = None,
 ) -> list[tuple[Path, str]]:
     """Per variant: explanation grid, reliability diagrams, explanation-uncertainty maps and
-    training curves by method (see :mod:`rightfocus.viz.decoy`)."""
+    training curves by method (see :mod:`rightfocus.viz.decoy`); the variants are drawn in
+    ``pool``'s workers when given. Returns ``(path, caption)`` in variant order."""
+    parts = [(v, rows[rows["variant"] == v]) for v in variants]
+    if pool is None:
+        done = [_variant_figures(v, part, methods, fig_dir) for v, part in parts]
+    else:
+        futures = [pool.submit(_variant_figures, v, part, methods, fig_dir) for v, part in parts]
+        done = [f.result() for f in futures]
+    return [fig for per_variant in done for fig in per_variant]
+
+
+def _variant_figures(
+    variant: str, part: Any, methods: Sequence[str], fig_dir: Path
+) -> list[tuple[Path, str]]:
+    """The figures of one variant (``part``: its rows of the analysis table)."""
     figures: list[tuple[Path, str]] = []
-    for variant in variants:
-        part = rows[rows["variant"] == variant]
+    if len(part):
         present = [m for m in methods if (part["method"] == m).any()]
         first = {m: part[part["method"] == m].sort_values("fold").iloc[0] for m in present}
         tensors = {m: load_tensors(first[m]["run_dir"]) for m in present}
@@ -477,14 +515,25 @@ def _check_data(config: Any) -> None:
         ) from err
 
 
-def _train_one(config: Any, threads: int) -> tuple[dict[str, float], float, float]:
+def _train_one(
+    config: Any, threads: int, analyse: Sequence[str] | None = None
+) -> tuple[dict[str, float], float, float]:
     """Train (or read) one run; returns its metrics, wall seconds and the training-step seconds
-    of this call (0 for a run finished earlier). Runs in a worker process when ``jobs > 1``."""
+    of this call (0 for a run finished earlier). Runs in a worker process when ``jobs > 1``.
+
+    ``analyse``: Decoy MNIST variants; when given, the run's :func:`analyse_run` follows its
+    training in the same worker (a clean-baseline run is probed on these variants), so the
+    analyses run side by side with the other workers' training instead of one after another
+    in the parent once every run has finished.
+    """
     if threads > 0:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
     finished = (config.run_dir / "metrics.json").is_file()
     metrics = run_experiment(config, quiet=True)
+    if analyse is not None:
+        clean = config.data.dataset != "decoy_mnist"
+        analyse_run(config.run_dir, variants=list(analyse) if clean else None)
     seconds = time.perf_counter() - t0
     timing = config.run_dir / TIMING_FILE
     steps = 0.0
@@ -511,20 +560,36 @@ def auto_jobs(configs: Sequence[Any]) -> int:
 #: listed count as RELATIVE_COST_DEFAULT. Only the order runs are started in depends on it.
 RELATIVE_COST = {"bayes_feedback": 0.15, "counterexamples": 0.18, "rrr": 1.7}
 RELATIVE_COST_DEFAULT = 0.25
+#: Wall time of a run's decoy analysis per variant probed, in plain training epochs (Bayesian
+#: LeNet, one thread: 0.7 s for a run's own variant, 2.4 s for a clean-baseline run probed on
+#: two; a plain epoch takes about 0.75 s).
+ANALYSIS_COST = 1.5
 
 
-def estimated_cost(config: Any) -> float:
+def estimated_cost(config: Any, analyse: Sequence[str] | None = None) -> float:
     """Relative cost of a run for scheduling: ``epochs x (1 + sum of its guidance methods'
-    relative costs)`` (longest-processing-time-first keeps the workers busy until the end)."""
+    relative costs)``, plus :data:`ANALYSIS_COST` epochs per Decoy MNIST variant its analysis
+    probes when ``analyse`` is given (see :func:`_train_one`: a clean-baseline run is probed
+    on every variant). Longest-processing-time-first keeps the workers busy until the end."""
     extra = sum(RELATIVE_COST.get(g.name, RELATIVE_COST_DEFAULT) for g in config.guidance)
-    return float(config.optim.epochs) * (1.0 + extra)
+    cost = float(config.optim.epochs) * (1.0 + extra)
+    if analyse is not None:
+        probed = 1 if config.data.dataset == "decoy_mnist" else len(analyse)
+        cost += ANALYSIS_COST * probed
+    return cost
 
 
 def _run_all(
-    configs: Sequence[Any], log: Callable[[str], None], jobs: int = 1
+    configs: Sequence[Any],
+    log: Callable[[str], None],
+    jobs: int = 1,
+    analyse: Sequence[str] | None = None,
+    pool: ProcessPoolExecutor | None = None,
 ) -> tuple[list[float], float]:
     """Run every config; returns each run's wall time and the training-step seconds summed over
-    the runs trained in this call (runs finished earlier are only read).
+    the runs trained in this call (runs finished earlier are only read). ``analyse``: see
+    :func:`_train_one`; ``pool``: :func:`worker_pool` to train in (default: one of ``jobs``
+    workers for this call).
 
     ``jobs > 1`` trains that many runs at a time in worker processes (spawned, one torch thread
     each, ``cores // jobs`` threads): small CPU models like LeNet use one core far better than
@@ -545,26 +610,33 @@ def _run_all(
 
     if jobs <= 1 or len(configs) <= 1:
         for i, cfg in enumerate(configs, 1):
-            metrics, seconds[i - 1], run_steps = _train_one(cfg, 0)
+            metrics, seconds[i - 1], run_steps = _train_one(cfg, 0, analyse)
             steps += run_steps
             show(i, cfg, metrics)
         return seconds, steps
     threads = max(1, torch.get_num_threads() // jobs)
-    context = multiprocessing.get_context("spawn")  # fork after OpenMP start-up can deadlock
+    own = pool is None
+    workers = worker_pool(jobs) if pool is None else pool
     # longest runs first, so no worker is left alone with a long run at the end
-    order = sorted(range(len(configs)), key=lambda i: -estimated_cost(configs[i]))
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = {pool.submit(_train_one, configs[i], threads): i + 1 for i in order}
-        try:
-            for done in as_completed(futures):
-                i = futures[done]
-                metrics, seconds[i - 1], run_steps = done.result()
-                steps += run_steps
-                show(i, configs[i - 1], metrics)
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+    order = sorted(range(len(configs)), key=lambda i: -estimated_cost(configs[i], analyse))
+    try:
+        futures = {workers.submit(_train_one, configs[i], threads, analyse): i + 1 for i in order}
+        for done in as_completed(futures):
+            i = futures[done]
+            metrics, seconds[i - 1], run_steps = done.result()
+            steps += run_steps
+            show(i, configs[i - 1], metrics)
+    except BaseException:
+        workers.shutdown(wait=True, cancel_futures=True)
+        raise
+    if own:
+        workers.shutdown(wait=False)  # the workers exit in the background
     return seconds, steps
+
+
+def worker_pool(jobs: int) -> ProcessPoolExecutor:
+    """``jobs`` worker processes, spawned (fork after OpenMP start-up can deadlock)."""
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
 
 
 def reproduce_image_dataset(
