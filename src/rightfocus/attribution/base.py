@@ -163,10 +163,14 @@ def stack_targets(parts: list[Any]) -> Any:
     return torch.stack(parts, dim=1)
 
 
-PASS_ELEMENTS = 2**19
+PASS_ELEMENTS = 2**18
 """Speed cap of the ``auto`` pass size, in input elements per forward pass: moderate batches
-keep activations in cache, which is faster on CPU than one huge pass (measured: LeNet-5 IG at
-50 steps, 512 images per pass run 1.35x faster than all 12,800 at once)."""
+keep activations in cache, which is faster on CPU than one huge pass (measured, LeNet-5, batch
+256, 2 threads, idle machine: IG at 50 steps, 512 images per pass 1.35x faster than all
+12,800 at once; IG at 10 steps, 128 or 256 images per pass 1.33x faster than 512 and 1.7x
+faster than 2,560; SmoothGrad with 4 samples, 256 per pass 1.2x faster than 512)."""
+VJP_CHUNK_ELEMENTS = 2**19
+"""Input elements per batched backward kernel of :func:`batched_vjp` (see there)."""
 
 MEMORY_BUDGET_ENV = "RIGHTFOCUS_MEMORY_BUDGET"
 MEMORY_SHARE_CPU = 0.25
@@ -400,8 +404,8 @@ def batched_vjp(
     ``torch.func.vmap`` over ``torch.autograd.grad``, whose batching rules fold a chunk of the
     K cotangents into the batch axis of each backward kernel (one convolution backward on
     ``chunk * N`` images; the legacy ``is_grads_batched=True`` loops over K inside convolution
-    and pooling backward). A chunk holds about ``PASS_ELEMENTS`` input values, as the ``auto``
-    pass size does; larger batched kernels leave the CPU caches and were slower per image
+    and pooling backward). A chunk holds about ``VJP_CHUNK_ELEMENTS`` input values; larger
+    batched kernels leave the CPU caches and were slower per image
     than one VJP at a time (LeNet-5, batch 256, 10 targets: 1 thread, chunks of 2 were 1.4x
     faster than all 10 at once; 2 threads on a lightly loaded machine, chunks of 5 slower than
     10 separate calls). Only on a heavily loaded machine did larger chunks win (fewer thread
@@ -411,7 +415,7 @@ def batched_vjp(
     by the K products.
     """
     K = cotangents.shape[0]
-    chunk = min(K, PASS_ELEMENTS // max(1, inp.numel()))
+    chunk = min(K, VJP_CHUNK_ELEMENTS // max(1, inp.numel()))
     if chunk > 1 and not create_graph:
 
         def vjp(v: Tensor) -> Tensor:
