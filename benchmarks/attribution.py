@@ -291,13 +291,23 @@ def _captum_lrp(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> Callable[
     from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule, EpsilonRule
 
     lrp_model = copy.deepcopy(model)
-    for m in lrp_model.modules():
-        if isinstance(m, nn.Conv2d):
-            m.rule = Alpha1_Beta0_Rule()
-        elif isinstance(m, nn.Linear):
-            m.rule = EpsilonRule(epsilon=1e-6)
-    ca.LRP(lrp_model).attribute(x[:2], target=t[:2])  # refusals raise here
-    return lambda: ca.LRP(lrp_model).attribute(x, target=t)
+
+    def with_rules() -> nn.Module:
+        """Attach the rules; Captum deletes every layer's ``rule`` after each call, so this
+        runs before each one (else the later calls would use Captum's epsilon defaults)."""
+        for m in lrp_model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.rule = Alpha1_Beta0_Rule()
+            elif isinstance(m, nn.Linear):
+                m.rule = EpsilonRule(epsilon=1e-6)
+            elif isinstance(m, nn.MaxPool2d) and type(m) is not nn.MaxPool2d:
+                # Captum looks its default rules up by exact type; a subclass (LeNet-5's fast
+                # no-gradient pool, rightfocus._pooling) gets Captum's default for max pooling
+                m.rule = EpsilonRule()
+        return lrp_model
+
+    ca.LRP(with_rules()).attribute(x[:2], target=t[:2])  # refusals raise here
+    return lambda: ca.LRP(with_rules()).attribute(x, target=t)
 
 
 def zennit_case(
