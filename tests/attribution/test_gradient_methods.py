@@ -324,8 +324,9 @@ class _UnbatchableSquare(torch.autograd.Function):
 
 @pytest.mark.parametrize("batchable", [True, False])
 def test_batched_vjp_equals_one_backward_per_cotangent(batchable):
-    """K cotangents through one retained graph: the vmap-batched backward, and its fallback
-    (one backward per cotangent) when an operation cannot be batched, give the plain VJPs."""
+    """K cotangents through one retained graph: the vmap-batched backward (``chunk``), its
+    fallback when an operation cannot be batched, and the default one backward per cotangent
+    give the plain VJPs."""
     torch.manual_seed(0)
     lin = nn.Linear(6, 4).double()
     x = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
@@ -333,6 +334,8 @@ def test_batched_vjp_equals_one_backward_per_cotangent(batchable):
     out = lin(square(x))
     cot = torch.randn(3, 5, 4, dtype=torch.float64)
     expected = torch.stack([torch.autograd.grad(out, x, c, retain_graph=True)[0] for c in cot])
+    torch.testing.assert_close(batched_vjp(out, x, cot, chunk=2), expected, rtol=1e-12, atol=0)
+    out = lin(square(x))  # the default: one product at a time, the forward pass shared
     torch.testing.assert_close(batched_vjp(out, x, cot), expected, rtol=1e-12, atol=0)
     out = lin(square(x))  # a fresh graph (the fallback frees it after the last product)
     rows = torch.stack([torch.autograd.grad(out[:, k].sum(), x, retain_graph=True)[0]

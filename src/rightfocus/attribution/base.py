@@ -169,8 +169,6 @@ keep activations in cache, which is faster on CPU than one huge pass (measured, 
 256, 2 threads, idle machine: IG at 50 steps, 512 images per pass 1.35x faster than all
 12,800 at once; IG at 10 steps, 128 or 256 images per pass 1.33x faster than 512 and 1.7x
 faster than 2,560; SmoothGrad with 4 samples, 256 per pass 1.2x faster than 512)."""
-VJP_CHUNK_ELEMENTS = 2**19
-"""Input elements per batched backward kernel of :func:`batched_vjp` (see there)."""
 
 MEMORY_BUDGET_ENV = "RIGHTFOCUS_MEMORY_BUDGET"
 MEMORY_SHARE_CPU = 0.25
@@ -396,26 +394,28 @@ def target_gradients(scores: Tensor, inp: Tensor, create_graph: bool = False) ->
 
 
 def batched_vjp(
-    outputs: Tensor, inp: Tensor, cotangents: Tensor, create_graph: bool = False
+    outputs: Tensor,
+    inp: Tensor,
+    cotangents: Tensor,
+    create_graph: bool = False,
+    chunk: int | None = None,
 ) -> Tensor:
     """``v_k^T d outputs / d inp`` for K cotangents ``(K, *outputs.shape)``: ``(K, *inp.shape)``.
 
-    The K vector-Jacobian products run as batched backward passes of the retained graph:
-    ``torch.func.vmap`` over ``torch.autograd.grad``, whose batching rules fold a chunk of the
-    K cotangents into the batch axis of each backward kernel (one convolution backward on
-    ``chunk * N`` images; the legacy ``is_grads_batched=True`` loops over K inside convolution
-    and pooling backward). A chunk holds about ``VJP_CHUNK_ELEMENTS`` input values; larger
-    batched kernels leave the CPU caches and were slower per image
-    than one VJP at a time (LeNet-5, batch 256, 10 targets: 1 thread, chunks of 2 were 1.4x
-    faster than all 10 at once; 2 threads on a lightly loaded machine, chunks of 5 slower than
-    10 separate calls). Only on a heavily loaded machine did larger chunks win (fewer thread
-    synchronisations). Custom rules (guided backpropagation,
-    DeepLIFT, LRP) are batched the same way. Where an operation has no batching rule, and
-    with ``create_graph``, they run one after another. Either way the forward pass is shared
-    by the K products.
+    The K vector-Jacobian products share the forward pass: by default they run one after
+    another through the retained graph. ``chunk`` > 1 batches that many cotangents per
+    backward kernel instead (``torch.func.vmap`` over ``torch.autograd.grad``, whose batching
+    rules fold them into the batch axis: one convolution backward on ``chunk * N`` images).
+    Measured (LeNet-5, batch 256, 10 targets, idle 2-core machine, speed-up over 10 separate
+    calls; ``python benchmarks/multitarget.py``): one VJP at a time 1.28x (saliency), 1.45x
+    (guided backpropagation), 1.73x (DeepLIFT), 1.54x (LRP) with 2 threads; vmap chunks of 2
+    1.14x, 0.89x, 1.36x, 1.73x; chunks of 5 slower still (0.82x saliency): the batched kernels
+    leave the CPU caches and vmap's batching rules add work, so only LRP gained from them.
+    Where an operation has no batching rule, and with ``create_graph``, the products run one
+    after another whatever ``chunk`` says.
     """
     K = cotangents.shape[0]
-    chunk = min(K, VJP_CHUNK_ELEMENTS // max(1, inp.numel()))
+    chunk = min(K, chunk or 1)
     if chunk > 1 and not create_graph:
 
         def vjp(v: Tensor) -> Tensor:
