@@ -165,10 +165,10 @@ def stack_targets(parts: list[Any]) -> Any:
 
 PASS_ELEMENTS = 2**18
 """Speed cap of the ``auto`` pass size, in input elements per forward pass: moderate batches
-keep activations in cache, which is faster on CPU than one huge pass (measured, LeNet-5, batch
-256, 2 threads, idle machine: IG at 50 steps, 512 images per pass 1.35x faster than all
-12,800 at once; IG at 10 steps, 128 or 256 images per pass 1.33x faster than 512 and 1.7x
-faster than 2,560; SmoothGrad with 4 samples, 256 per pass 1.2x faster than 512)."""
+keep activations in cache, which is faster on CPU than one huge pass (``python
+benchmarks/pass_size.py``, LeNet-5, batch 256, 2 threads, idle machine: IG at 10 steps, 256
+images per pass 1.31x faster than 512 and 1.42x faster than 1,024; SmoothGrad with 4 samples
+1.31x and 1.6x; earlier, IG at 50 steps, 512 per pass 1.35x faster than all 12,800 at once)."""
 
 MEMORY_BUDGET_ENV = "RIGHTFOCUS_MEMORY_BUDGET"
 MEMORY_SHARE_CPU = 0.25
@@ -406,11 +406,11 @@ def batched_vjp(
     another through the retained graph. ``chunk`` > 1 batches that many cotangents per
     backward kernel instead (``torch.func.vmap`` over ``torch.autograd.grad``, whose batching
     rules fold them into the batch axis: one convolution backward on ``chunk * N`` images).
-    Measured (LeNet-5, batch 256, 10 targets, idle 2-core machine, speed-up over 10 separate
-    calls; ``python benchmarks/multitarget.py``): one VJP at a time 1.28x (saliency), 1.45x
-    (guided backpropagation), 1.73x (DeepLIFT), 1.54x (LRP) with 2 threads; vmap chunks of 2
-    1.14x, 0.89x, 1.36x, 1.73x; chunks of 5 slower still (0.82x saliency): the batched kernels
-    leave the CPU caches and vmap's batching rules add work, so only LRP gained from them.
+    Measured (``python benchmarks/pass_size.py``: LeNet-5, batch 256, 10 targets, 2 threads,
+    idle machine, speed-up over 10 separate calls): one VJP at a time 1.36x (saliency), 1.46x
+    (guided backpropagation), 1.59x (DeepLIFT), 1.49x (LRP); vmap chunks of 2 0.93x, 0.98x,
+    1.24x, 1.61x; chunks of 5 0.95x, 0.89x, 1.23x, 1.34x: the batched kernels leave the CPU
+    caches and vmap's batching rules add work, so only LRP gained from them, and only a little.
     Where an operation has no batching rule, and with ``create_graph``, the products run one
     after another whatever ``chunk`` says.
     """
