@@ -2,7 +2,8 @@
 
 LeNet-5 (random weights), batch 256, fixed random targets, interleaved repeats (best of each):
 
-* ``auto`` pass size (``rightfocus.attribution.base.PASS_ELEMENTS``): Integrated Gradients
+* ``auto`` pass size (``rightfocus.attribution.base.PASS_ELEMENTS``; occlusion's own
+  ``rightfocus.attribution.perturbation.OCCLUSION_PASS_ELEMENTS``): Integrated Gradients
   (10 steps), SmoothGrad (4 samples) and occlusion (7x7 windows) at ``internal_batch_size``
   ``auto`` / 128 / 256 / 512 / 1024 images per pass, in images/s;
 * several targets (``batched_vjp``): 10 class targets in one call, its vector-Jacobian

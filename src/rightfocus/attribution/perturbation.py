@@ -64,6 +64,12 @@ def occlusion_windows(
     return [(c, h, w) for c in axes[0] for h in axes[1] for w in axes[2]]
 
 
+OCCLUSION_PASS_ELEMENTS = 2**19
+"""Occlusion's ``auto`` pass size: its passes are forward-only (no autograd graph), and twice
+the gradient methods' size ran fastest on LeNet-5 (7x7 windows, batch 256: 512 images per
+pass 3,156 img/s, 256 2,941, 1,024 1,726; ``python benchmarks/pass_size.py``)."""
+
+
 @register_method("occlusion")
 class Occlusion(Attribution):
     """Occlusion (Zeiler & Fergus 2014, "Visualizing and understanding convolutional networks").
@@ -141,7 +147,10 @@ class Occlusion(Attribution):
         if self._copies is not None:
             images = self._copies * B
         else:
-            images = images_per_pass(self.internal_batch_size, model, x, self.memory_budget)
+            images = images_per_pass(
+                self.internal_batch_size, model, x, self.memory_budget,
+                pass_elements=OCCLUSION_PASS_ELEMENTS,
+            )  # fmt: skip
         if images < B:
             return split_batch(lambda xs, ts: self._occlude(model, xs, ts, images), x, targets,
                                images)  # fmt: skip
