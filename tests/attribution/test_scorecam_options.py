@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from rightfocus import attribute
 from rightfocus.attribution import _passes
-from rightfocus.attribution.cam import ScoreCAM
+from rightfocus.attribution.cam import ScoreCAM, bilinear_matrix
 
 
 class ViewCNN(nn.Module):
@@ -134,3 +134,22 @@ def test_batchnorm_folded_passes_give_the_same_maps_and_leave_the_model(
 def test_training_models_are_not_folded():
     model = BNCNN().train()
     assert _passes.folded_copy(model, torch.rand(1, 3, 8, 8)) is model
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+@pytest.mark.parametrize(
+    "shape", [(10, 10, 28, 28), (7, 9, 224, 100), (3, 5, 3, 12), (14, 14, 7, 5)]
+)
+def test_bilinear_matrices_reproduce_interpolate(
+    align_corners: bool, shape: tuple[int, int, int, int]
+) -> None:
+    """Score-CAM upsamples its masks as ``M_h A M_w^T``: the same values as ``F.interpolate``
+    (up and down, non-square, both corner conventions)."""
+    h, w, H, W = shape
+    maps = torch.randn(4, 1, h, w, generator=torch.Generator().manual_seed(0))
+    ref = torch.nn.functional.interpolate(
+        maps, size=(H, W), mode="bilinear", align_corners=align_corners
+    )
+    rows = bilinear_matrix(h, H, align_corners, maps)
+    cols = bilinear_matrix(w, W, align_corners, maps)
+    torch.testing.assert_close(rows @ maps @ cols.T, ref, rtol=0, atol=2e-6)
