@@ -179,6 +179,7 @@ def test_every_trial_failing_exits_non_zero(
         return 1
 
     monkeypatch.setattr(sweep, "_default_runner", failing)
+    monkeypatch.chdir(tmp_path)  # the relative --out: nothing lands in the caller's folder
     (tmp_path / "base.yaml").write_text(BASE)
     (tmp_path / "s.yaml").write_text(GOOD)
     result = CliRunner().invoke(app, ["sweep", str(tmp_path / "s.yaml"), "--out", "out"])
