@@ -6,8 +6,10 @@ the engine's own overhead (Lightning, data loader, logging, checkpoints), not da
 The engine runs with its defaults that cost time: TensorBoard logging of every term, a
 resumable checkpoint every 50 steps and at each epoch end (atomic writes), deterministic mode.
 Steps/s are measured over the epochs after the first (warm-up); the total wall time of each
-(setup included) is reported too; each loop runs ``--repeats`` times, interleaved, and the best
-run of each counts. Goal: engine >= 0.9x the minimal loop.
+(setup included) is reported too; each loop runs ``--repeats`` times, interleaved. The goal is
+judged on the median epoch of all repeats of each loop (an epoch is ~0.4 s, so one disturbed
+epoch on a shared machine moved the best-run ratio by 0.1 between identical runs); the ratio of
+the best run of each is printed too. Goal: engine >= 0.9x the minimal loop.
 
     python benchmarks/engine.py [--epochs 3] [--threads 1] [--repeats 3]
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -81,7 +84,9 @@ def engine_run(epochs: int) -> dict[str, float]:
         trainer.fit(module, datamodule=dm)
         total = time.perf_counter() - t0
     steady = sum(timer.steps[1:]) / sum(timer.epoch_times[1:])
-    return {"steps_per_s": steady, "total_s": total, "steps": float(sum(timer.steps))}
+    rates = [n / t for n, t in zip(timer.steps[1:], timer.epoch_times[1:], strict=True)]
+    return {"steps_per_s": steady, "total_s": total, "steps": float(sum(timer.steps)),
+            "epoch_rates": rates}  # fmt: skip
 
 
 def minimal_run(epochs: int) -> dict[str, float]:
@@ -115,6 +120,7 @@ def minimal_run(epochs: int) -> dict[str, float]:
         "steps_per_s": sum(steps[1:]) / sum(times[1:]),
         "total_s": total,
         "steps": float(sum(steps)),
+        "epoch_rates": [n / t for n, t in zip(steps[1:], times[1:], strict=True)],
     }
 
 
@@ -136,8 +142,14 @@ def main() -> None:
     for name, r in (("minimal", minimal), ("engine", engine)):
         print(f"{name:<10}{r['steps_per_s']:>10.2f}{r['total_s']:>10.2f}{int(r['steps']):>8}")
     ratios = [e["steps_per_s"] / m["steps_per_s"] for m, e in zip(minimals, engines, strict=True)]
-    verdict = "met" if ratio >= 0.9 else "NOT met"
-    print(f"engine / minimal steps/s: {ratio:.3f}  (goal >= 0.9: {verdict})")
+    # the median epoch of every repeat: one disturbed epoch (a shared machine) moves it little
+    median_ratio = statistics.median(r for e in engines for r in e["epoch_rates"]) / (
+        statistics.median(r for m in minimals for r in m["epoch_rates"])
+    )
+    verdict = "met" if median_ratio >= 0.9 else "NOT met"
+    print(f"engine / minimal steps/s, best run of each: {ratio:.3f}")
+    print(f"engine / minimal steps/s, median epoch of all repeats: {median_ratio:.3f}  "
+          f"(goal >= 0.9: {verdict})")  # fmt: skip
     print(f"per interleaved repeat: {', '.join(f'{r:.3f}' for r in ratios)}")
     print(f"load average: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     out = Path(__file__).parent / "results" / "engine.json"
@@ -147,6 +159,7 @@ def main() -> None:
             "minimal": minimal,
             "engine": engine,
             "ratio": ratio,
+            "median_epoch_ratio": median_ratio,
             "batch_size": 128,
             "model": "lenet",
             "threads": args.threads,
