@@ -181,17 +181,39 @@ _OTHER_ACTIVATIONS = (
 )
 
 
+def _gated_guided_relu(gate: Callable[[], bool]) -> Callable[[Tensor], Tensor]:
+    """:func:`_guided_relu` whose gradient clamp applies only while ``gate()`` is True (a
+    backward pass with the gate closed gets the plain ReLU gradient)."""
+
+    def clamp(grad: Tensor) -> Tensor:
+        return torch.relu(grad) if gate() else grad
+
+    def fn(x: Tensor) -> Tensor:
+        out = torch.relu(x)
+        if out.requires_grad:
+            out.register_hook(clamp)
+        return out
+
+    return fn
+
+
 @contextmanager
-def relu_backward_rule(model: nn.Module, rule: str) -> Iterator[nn.Module]:
+def relu_backward_rule(
+    model: nn.Module, rule: str, gate: Callable[[], bool] | None = None
+) -> Iterator[nn.Module]:
     """Swap the backward rule of every ``nn.ReLU`` module in ``model`` inside the block.
 
     ``rule`` is ``"guided"`` (guided backpropagation) or ``"deconvnet"``. Functional ``F.relu``
     calls inside a model's ``forward`` cannot be reached; a model without any ``nn.ReLU`` module
-    is refused so that the caller does not silently get plain gradients.
+    is refused so that the caller does not silently get plain gradients. With ``gate`` (guided
+    only), a backward pass through the recorded graph follows the rule only while ``gate()``
+    is True: one forward pass then serves a plain and a guided gradient (Guided Grad-CAM).
     """
     if rule not in _RELU_RULES:
         raise ValueError(f"Unknown ReLU backward rule {rule!r}; use one of {sorted(_RELU_RULES)}")
-    fn = _RELU_RULES[rule]
+    if gate is not None and rule != "guided":
+        raise ValueError(f"A gate is only supported for the 'guided' rule, not {rule!r}")
+    fn = _RELU_RULES[rule] if gate is None else _gated_guided_relu(gate)
     relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
     if not relus:
         raise ValueError(

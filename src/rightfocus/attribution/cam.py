@@ -33,7 +33,6 @@ from rightfocus.attribution.base import (
     register_method,
     renamed_option,
 )
-from rightfocus.attribution.gradient import GuidedBackprop
 from rightfocus.attribution.targets import Target, fix_target, select
 
 __all__ = [
@@ -589,12 +588,41 @@ class GuidedGradCAM(GradCAM):
         super().__init__(**options)
 
     def _attribute(self, model: nn.Module, x: Tensor, target: Target) -> Tensor:
-        cam = super()._attribute(model, x, target)
-        with torch.enable_grad():
-            guided = GuidedBackprop(create_graph=self.create_graph)._attribute(model, x, target)
-        if guided.dim() == 5:  # (B, T, C, H, W) for (B, T) class targets; cam (B, T, H, W)
-            cam = cam.unsqueeze(2)
-        return guided * cam
+        """Both factors from ONE forward pass: the ReLUs carry the guided rule behind a gate,
+        closed for the (plain) gradient to the layer and open for the gradient to the input."""
+        layer = default_layer(model) if self.layer is None else resolve_layer(model, self.layer)
+        guiding = [False]
+        cg = self.create_graph
+        with torch.enable_grad(), hooks.relu_backward_rule(model, "guided", lambda: guiding[0]):
+            inp = x if (cg and x.requires_grad) else x.detach().requires_grad_(True)
+            outputs, saved = _forward_capturing(model, inp, [layer])
+            acts = saved[id(layer)]
+            _check_layer_output(layer, acts)
+            scores = select(outputs, target)
+            columns = (
+                [scores[:, t] for t in range(scores.shape[1])] if scores.dim() == 2 else [scores]
+            )
+            cams, guided = [], []
+            for i, score in enumerate(columns):
+                (grads,) = torch.autograd.grad(
+                    score.sum(), acts, retain_graph=True, create_graph=cg
+                )
+                held = acts if cg else acts.detach()
+                cams.append((self._weights(held, grads) * held).sum(dim=-3, keepdim=True))
+                guiding[0] = True
+                try:
+                    last = i == len(columns) - 1
+                    (g,) = torch.autograd.grad(score.sum(), inp, retain_graph=cg or not last,
+                                               create_graph=cg)  # fmt: skip
+                finally:
+                    guiding[0] = False
+                guided.append(g)
+        size = (x.shape[-2], x.shape[-1])
+        cam = postprocess_map(torch.cat(cams, dim=1), size, self.relu, self.normalize,
+                              self.interpolation)  # fmt: skip
+        if scores.dim() == 2:  # (B, T, C, H, W) for (B, T) class targets; cam (B, T, H, W)
+            return torch.stack(guided, dim=1) * cam.unsqueeze(2)
+        return guided[0] * cam
 
     def _attribute_multi(self, model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
-        return self._attribute(model, x, targets)  # both factors share their forward passes
+        return self._attribute(model, x, targets)  # one forward pass for every target
