@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rightfocus import hooks
+from rightfocus import attribute, hooks
 from rightfocus.bayes import to_bayesian
 from rightfocus.metrics.sanity import model_randomisation_check
 from rightfocus.metrics.similarity import cka_matrix, linear_cka
@@ -42,6 +42,12 @@ def test_randomisation_check_separates_saliency_from_an_edge_detector() -> None:
     assert min(edge.correlation) > 0.99  # the edge detector ignores the model: it fails the check
     assert sal.layers[0] == "classifier.fc3"
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # attributions of the unmodified model given (not recomputed): the same correlations
+    given = attribute(model, x, y, method="saliency")
+    again = model_randomisation_check(model, x, y, "saliency", absolute=False, original=given)
+    assert again == sal
+    with pytest.raises(ValueError, match="one attribution per image"):
+        model_randomisation_check(model, x, y, "saliency", original=given[:3])
 
 
 def test_explanation_uncertainty_is_seeded_and_restores_the_model() -> None:
