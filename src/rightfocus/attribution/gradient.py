@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from rightfocus import hooks
+from rightfocus.attribution._entry import affine_entry, entry_path_gradients
 from rightfocus.attribution._passes import is_layout_refusal
 from rightfocus.attribution.base import (
     Attribution,
@@ -274,8 +275,13 @@ class IntegratedGradients(_Gradient):
         # keeps that layout through the network; models that cannot take it (a .view of a
         # feature map) raise a RuntimeError and the call continues in the default layout
         channels_last = x.device.type == "cpu" and not self.create_graph
+        entry = None if self.create_graph else affine_entry(model, x[:1])
         total: Tensor | None = None
-        for start in range(0, self.n_steps, per_pass):
+        if entry is not None:  # closed forms through the affine first layer (_entry.py)
+            total = entry_path_gradients(
+                model, entry, x, base, alphas, weights, fixed, per_pass, channels_last
+            )
+        for start in range(0, self.n_steps if entry is None else 0, per_pass):
             a = alphas[start : start + per_pass]
             k = a.shape[0]
             # (k, B, C, H, W) path points, flattened step-major.
