@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 import rightfocus.attribution.gradient as gradient
+import rightfocus.attribution.smoothing as smoothing
 from rightfocus import attribute
 from rightfocus.attribution._entry import affine_entry
 from rightfocus.bayes import to_bayesian
@@ -96,3 +97,26 @@ def test_closed_forms_equal_the_step_by_step_integral(
     slow = _step_by_step(monkeypatch, model, x, target, **opts)
     assert fast.shape == slow.shape == ((5, 2, 2, 6, 6) if several else (5, 2, 6, 6))
     torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("model_cls", [SkipCNN, ViewCNN])
+@pytest.mark.parametrize("several", [False, True])
+def test_smoothgrad_through_the_entry_equals_the_noise_tunnel(
+    model_cls: type[nn.Module], several: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SmoothGrad of the plain gradient takes the same shortcut for its mean over the noise."""
+    torch.manual_seed(2)
+    model = model_cls().double().eval()
+    x = torch.randn(5, 2, 6, 6, dtype=torch.float64)
+    target = torch.tensor([[0, 3], [1, 2], [2, 2], [3, 0], [1, 1]]) if several else None
+    opts = {"method": "smoothgrad", "n_samples": 6, "seed": 3, "internal_batch_size": 10}
+    fast = attribute(model, x, target, **opts)
+    with monkeypatch.context() as m:
+        m.setattr(smoothing, "affine_entry", lambda model, probe: None)
+        slow = attribute(model, x, target, **opts)
+    torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-12)
+    # the squared and variance forms are not linear in the gradient: no shortcut
+    with monkeypatch.context() as m:
+        m.setattr(smoothing, "weighted_entry_gradients", None)
+        attribute(model, x, target, **{**opts, "method": "vargrad"})
+        attribute(model, x, target, **{**opts, "abs": True})

@@ -11,14 +11,20 @@ attribution for deep networks"):
   other use of the input), and ``W^T`` is linear, so the weighted sum over the steps needs one
   transposed layer, ``W^T sum_k w_k dS/dh_k``, instead of one per step.
 
+The backward identity holds for any weighted sum of input gradients, so SmoothGrad of the
+plain gradient (Smilkov et al. 2017, "SmoothGrad: removing noise by adding noise"), a mean over
+noisy copies, uses it too (:func:`weighted_entry_gradients`); its squared and variance forms
+are not linear in the gradients and do not.
+
 The layer's backward to a few-channel image is an inefficient convolution on CPUs (on LeNet-5
 it was two thirds of Integrated Gradients' time), so skipping it per step is the main gain
-(``python benchmarks/attribution.py --only integrated_gradients``). The results equal the
-step-by-step computation up to float rounding.
+(``python benchmarks/attribution.py --only integrated_gradients``, ``--only smoothgrad``).
+The results equal the step-by-step computation up to float rounding.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -28,7 +34,7 @@ from rightfocus import hooks
 from rightfocus.attribution._passes import is_layout_refusal
 from rightfocus.attribution.targets import Target, repeat_target, select
 
-__all__ = ["affine_entry", "entry_path_gradients"]
+__all__ = ["affine_entry", "entry_path_gradients", "weighted_entry_gradients"]
 
 _AFFINE = (nn.Conv2d, nn.Linear)
 
@@ -75,32 +81,53 @@ def entry_path_gradients(
     """``sum_k w_k dS/dx (x' + a_k (x - x'))``: ``(B, *x.shape[1:])``, or ``(B, T, ...)`` for
     ``(B, T)`` class targets, with ``per_pass`` steps of the batch per forward pass (see the
     module doc for the identities used)."""
-    B = x.shape[0]
-    multi = isinstance(fixed, Tensor) and fixed.dim() == 2
-    n_targets = fixed.shape[1] if multi else 1  # type: ignore[union-attr]
     with torch.no_grad():
         h_base, h_x = entry(base), entry(x)
     dh, dx = h_x - h_base, x - base
+    chunks = (
+        (_along(h_base, dh, a), _along(base, dx, a), weights[start : start + per_pass])
+        for start in range(0, alphas.shape[0], per_pass)
+        for a in [alphas[start : start + per_pass]]
+    )
+    return weighted_entry_gradients(model, entry, x, chunks, fixed, channels_last)
+
+
+def weighted_entry_gradients(
+    model: nn.Module,
+    entry: nn.Module,
+    x: Tensor,
+    chunks: Iterable[tuple[Tensor | None, Tensor, Tensor]],
+    fixed: Target,
+    channels_last: bool,
+) -> Tensor:
+    """``sum_j w_j dS/dz_j`` over images ``z_j`` given in chunks ``(h, images, w)`` of ``k``
+    copies of the batch stacked copy-major (``w``: ``(k,)``; ``h``: the entry layer's
+    outputs on ``images``, or None to compute them), through the entry layer's input gradient
+    once at the end: ``W^T sum_j w_j dS/dh_j`` plus the gradient of any other use of the
+    input. ``(B, ...)``, or ``(B, T, ...)`` for ``(B, T)`` class targets."""
+    B = x.shape[0]
+    multi = isinstance(fixed, Tensor) and fixed.dim() == 2
+    n_targets = fixed.shape[1] if multi else 1  # type: ignore[union-attr]
     sum_h: list[Tensor | None] = [None] * n_targets
     sum_x: list[Tensor | None] = [None] * n_targets
-    for start in range(0, alphas.shape[0], per_pass):
-        a = alphas[start : start + per_pass]
-        w = weights[start : start + per_pass]
-        k = a.shape[0]
-        h, path = _along(h_base, dh, a), _along(base, dx, a)
+    for h, images, w in chunks:
+        k = w.shape[0]
+        if h is None:
+            with torch.no_grad():
+                h = entry(images)
         while True:
             try:
-                scores = _scores(model, entry, h, path, repeat_target(fixed, k), channels_last)
+                scored = _scores(model, entry, h, images, repeat_target(fixed, k), channels_last)
                 break
             except RuntimeError as err:  # only a channels-last refusal is retried
                 if not (channels_last and is_layout_refusal(err)):
                     raise
                 channels_last = False
-        h_in, path_in, outputs = scores
+        h_in, images_in, outputs = scored
         columns = [outputs[:, t] for t in range(n_targets)] if multi else [outputs]
         for t, column in enumerate(columns):
             g_h, g_x = torch.autograd.grad(
-                column.sum(), [h_in, path_in], retain_graph=t < n_targets - 1, allow_unused=True
+                column.sum(), [h_in, images_in], retain_graph=t < n_targets - 1, allow_unused=True
             )
             sum_h[t] = _accumulate(sum_h[t], g_h, w, k, B)
             if g_x is not None:  # the model also uses its input elsewhere
