@@ -65,14 +65,17 @@ class Twice(Scaled):
 
 
 def test_only_an_affine_layer_that_sees_the_input_itself_once_qualifies() -> None:
-    lenet = LeNet()
+    lenet = LeNet().eval()
     x = torch.rand(1, 1, 28, 28)
     assert affine_entry(lenet, x) is lenet.features.conv1
-    assert affine_entry(Scaled(), torch.rand(1, 2, 6, 6)) is None
-    assert affine_entry(Twice(), torch.rand(1, 2, 6, 6)) is None
-    assert affine_entry(to_bayesian(LeNet()), x) is None  # sampled weights: not affine
-    mlp = nn.Sequential(nn.Linear(5, 3), nn.ReLU(), nn.Linear(3, 2))
+    assert affine_entry(Scaled().eval(), torch.rand(1, 2, 6, 6)) is None
+    assert affine_entry(Twice().eval(), torch.rand(1, 2, 6, 6)) is None
+    assert affine_entry(to_bayesian(LeNet()).eval(), x) is None  # sampled weights: not affine
+    mlp = nn.Sequential(nn.Linear(5, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
     assert affine_entry(mlp, torch.rand(1, 5)) is mlp[0]
+    bn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)).train()
+    assert affine_entry(bn, torch.rand(1, 1, 5, 5)) is None  # not probed: no statistics update
+    assert int(bn[1].num_batches_tracked) == 0
 
 
 def _step_by_step(monkeypatch: pytest.MonkeyPatch, *args, **kwargs) -> Tensor:  # type: ignore[no-untyped-def]
@@ -93,7 +96,12 @@ def test_closed_forms_equal_the_step_by_step_integral(
     opts = {"method": "integrated_gradients", "n_steps": 7, "baseline": 0.3,
             "internal_batch_size": 10}  # fmt: skip
     assert affine_entry(model, x[:1]) is model.conv1
-    fast = attribute(model, x, target, **opts)
+    used = []
+    with monkeypatch.context() as m:  # the call takes the closed forms (models in eval mode)
+        real = gradient.entry_path_gradients
+        m.setattr(gradient, "entry_path_gradients", lambda *a: used.append(1) or real(*a))
+        fast = attribute(model, x, target, **opts)
+    assert used == [1]
     slow = _step_by_step(monkeypatch, model, x, target, **opts)
     assert fast.shape == slow.shape == ((5, 2, 2, 6, 6) if several else (5, 2, 6, 6))
     torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-12)

@@ -42,7 +42,10 @@ _AFFINE = (nn.Conv2d, nn.Linear)
 def affine_entry(model: nn.Module, probe: Tensor) -> nn.Module | None:
     """The model's first layer if it is an ``nn.Conv2d`` / ``nn.Linear`` that receives the
     model's input tensor itself, exactly once per forward pass (one forward of ``probe`` with
-    the random state restored after it); else None."""
+    the random state restored after it); else None. A model with modules in training mode is
+    not probed (the extra forward would update BatchNorm statistics): None."""
+    if any(m.training for m in model.modules()):
+        return None
     leaves = [m for m in model.modules() if next(m.children(), None) is None]
     calls: list[tuple[nn.Module, Any]] = []
 
